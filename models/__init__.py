@@ -1,0 +1,1 @@
+"""Models: the SDEs, samplers, the SDEdit procedure and checkpoint loading (pure torch)."""

@@ -1,0 +1,141 @@
+"""Load score models: diffusers UNet2DModel folders or hub ids, and the bundled default.
+
+The SDE family and its parameters come from the checkpoint's scheduler_config.json:
+DDPM-style schedulers (DDPMScheduler, DDIMScheduler, PNDMScheduler) mean a VP model, and
+ScoreSdeVeScheduler means a VE model. `clip_sample` is ignored on purpose: the paper's sampler
+does not clip (pitfall 6).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from models.network import PREDICTION_TYPES, ScoreModel, diffusers_network
+from models.sde import SDE, VESDE, VPSDE
+
+BUNDLED_DIR = Path(__file__).parent / "weights"
+VP_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "DDPMParallelScheduler",
+                 "DDIMParallelScheduler")
+VE_SCHEDULERS = ("ScoreSdeVeScheduler",)
+
+
+class ModelLoadError(ValueError):
+    """A checkpoint that cannot be used, with a message that says why."""
+
+
+def bundled_models() -> dict[str, Path]:
+    """Names of the models shipped inside the package, mapped to their folders."""
+    if not BUNDLED_DIR.is_dir():
+        return {}
+    return {p.name: p for p in sorted(BUNDLED_DIR.iterdir())
+            if (p / "config.json").is_file() and (p / "scheduler_config.json").is_file()}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+
+
+def sde_from_scheduler_config(config: dict) -> tuple[SDE, str]:
+    """The SDE and the network's prediction type described by a diffusers scheduler config."""
+    kind = config.get("_class_name")
+    if kind in VP_SCHEDULERS:
+        from diffusers import DDPMScheduler
+
+        prediction_type = config.get("prediction_type", "epsilon")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ModelLoadError(f"unsupported prediction_type {prediction_type!r} in scheduler config")
+        # diffusers computes the betas of every beta_schedule it knows; we take them from it.
+        keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
+        try:
+            scheduler = DDPMScheduler(**{k: config[k] for k in keys if config.get(k) is not None})
+        except (NotImplementedError, ValueError, TypeError) as exc:
+            raise ModelLoadError(f"unsupported VP noise schedule: {exc}") from exc
+        return VPSDE(tuple(scheduler.betas.double().tolist())), prediction_type
+    if kind in VE_SCHEDULERS:
+        return VESDE(
+            sigma_min=float(config.get("sigma_min", 0.01)),
+            sigma_max=float(config.get("sigma_max", 1348.0)),
+            n=int(config.get("num_train_timesteps", 2000)),
+            snr=float(config.get("snr", 0.15)),
+            correct_steps=int(config.get("correct_steps", 1)),
+        ), "score"
+    raise ModelLoadError(
+        f"unknown scheduler type {kind!r}: expected one of {VP_SCHEDULERS + VE_SCHEDULERS}")
+
+
+def _find_parts(folder: Path) -> tuple[Path, Path]:
+    """The UNet folder and the scheduler config, flat or in a pipeline's unet/ and scheduler/."""
+    for unet_dir, sched in ((folder, folder / "scheduler_config.json"),
+                            (folder / "unet", folder / "scheduler" / "scheduler_config.json")):
+        if (unet_dir / "config.json").is_file() and sched.is_file():
+            return unet_dir, sched
+    raise ModelLoadError(f"{folder} is not a diffusers UNet2DModel folder: expected config.json and "
+                         "scheduler_config.json (flat, or in unet/ and scheduler/)")
+
+
+def resolve(name_or_path: str) -> Path:
+    """A local folder for a bundled name, a path, or a hub id (downloaded where reachable)."""
+    bundled = bundled_models()
+    if name_or_path in bundled:
+        return bundled[name_or_path]
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"{path} is a file; expected a model folder")
+        return path
+    if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(name_or_path, allow_patterns=[
+                "*.json", "*.safetensors", "unet/*", "scheduler/*"]))
+        except Exception as exc:  # the hub client raises many types; all mean "not available"
+            raise ModelLoadError(f"cannot download {name_or_path!r} from the model hub: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+    known = ", ".join(bundled) or "none installed"
+    raise ModelLoadError(f"no model {name_or_path!r}: not a bundled model ({known}), "
+                         "a folder, or a hub id")
+
+
+def load_model(name_or_path: str, device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32) -> ScoreModel:
+    """Load a UNet2DModel checkpoint with its SDE, ready for `predict` in eval mode."""
+    from diffusers import UNet2DModel
+
+    folder = resolve(name_or_path)
+    unet_dir, sched_path = _find_parts(folder)
+    sde, prediction_type = sde_from_scheduler_config(_read_json(sched_path))
+    unet_config = _read_json(unet_dir / "config.json")
+    if unet_config.get("_class_name") not in ("UNet2DModel", None):
+        raise ModelLoadError(f"{unet_dir} holds a {unet_config['_class_name']}; "
+                             "expected a UNet2DModel")
+    fourier = unet_config.get("time_embedding_type") == "fourier"
+    if isinstance(sde, VESDE) != fourier:
+        raise ModelLoadError(f"{folder}: a {sde.family.upper()} scheduler with a "
+                             f"{unet_config.get('time_embedding_type')!r} time embedding; "
+                             "VE models need a Fourier (sigma) embedding and VP models a "
+                             "positional one")
+    try:
+        unet = UNet2DModel.from_pretrained(unet_dir, torch_dtype=dtype, low_cpu_mem_usage=False)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot load the UNet in {unet_dir}: {exc}") from exc
+    device = torch.device(device)
+    unet = unet.to(device=device, memory_format=torch.channels_last).eval().requires_grad_(False)
+    size = unet.config.sample_size
+    resolution = size if isinstance(size, int) else int(size[0])
+    return ScoreModel(
+        network=diffusers_network(unet),
+        sde=sde,
+        resolution=resolution,
+        channels=int(unet.config.in_channels),
+        prediction_type="epsilon" if prediction_type == "score" else prediction_type,
+        dtype=dtype,
+        device=device,
+        name=str(name_or_path),
+    )

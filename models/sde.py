@@ -1,0 +1,140 @@
+"""Noise schedules of the two SDE families SDEdit uses: variance-preserving and variance-exploding.
+
+Both are discrete grids of noise levels indexed 0..N-1 (0 = least noise). Level -1 means clean
+data, so the last reverse step of any sequence goes from level 0 to level -1. Per-sample levels
+are integer tensors, so one call handles a batch whose samples sit at different levels.
+Schedules are computed in float64 and handed out in float32 (pitfall 7 of sdedit-math.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+
+CLEAN = -1  # the level index of noise-free data
+
+
+def _check_t0(t0: float) -> None:
+    if not (isinstance(t0, (int, float)) and math.isfinite(t0) and 0.0 < t0 <= 1.0):
+        raise ValueError(f"t0 must be a number in (0, 1], got {t0!r}")
+
+
+def level_sequence(start: int, steps: int) -> list[int]:
+    """Descending levels from `start` to 0 in at most `steps` reverse steps.
+
+    With steps >= start + 1 every level is visited (the paper's sampler). Fewer steps take an
+    evenly spaced sub-sequence that still starts exactly at `start`, so t0 is honoured exactly
+    (diffusers' img2img "strength" rounding loses this; diffusers issue 7651).
+    """
+    if start < 0:
+        raise ValueError(f"start level must be >= 0, got {start}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if steps >= start + 1:
+        return list(range(start, -1, -1))
+    grid = np.round(np.linspace(start, 0, steps)).astype(int)
+    return sorted({int(v) for v in grid}, reverse=True)
+
+
+def _broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-sample values of shape (B,) as (B, 1, 1, 1) in the dtype and device of `like`."""
+    return values.to(device=like.device, dtype=like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+
+@dataclass(frozen=True)
+class VPSDE:
+    """Variance-preserving (DDPM) schedule: x_n = sqrt(abar_n) x_0 + sqrt(1 - abar_n) z."""
+
+    betas: tuple[float, ...]
+
+    family = "vp"
+    data_range = (-1.0, 1.0)
+
+    @classmethod
+    def linear(cls, beta_start: float = 1e-4, beta_end: float = 0.02, n: int = 1000) -> VPSDE:
+        return cls(tuple(np.linspace(beta_start, beta_end, n, dtype=np.float64).tolist()))
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.betas)
+
+    @cached_property
+    def abar(self) -> torch.Tensor:
+        """abar with a leading 1 for the clean level: abar_with_clean[level + 1]."""
+        betas = torch.tensor(self.betas, dtype=torch.float64)
+        return torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1.0 - betas, 0)])
+
+    def start_level(self, t0: float) -> int:
+        """The official code's n0 = round(t0 * N) noise levels, i.e. start at index n0 - 1."""
+        _check_t0(t0)
+        n0 = round(t0 * self.num_levels)
+        if n0 < 1:
+            raise ValueError(f"t0={t0} rounds to zero noise levels for a model with "
+                             f"{self.num_levels} levels; use t0 >= {0.5 / self.num_levels:g}")
+        return n0 - 1
+
+    def abar_at(self, levels: torch.Tensor) -> torch.Tensor:
+        """abar at integer levels (CLEAN gives 1), float64, shape of `levels`."""
+        return self.abar.to(levels.device)[levels.long() + 1]
+
+    def perturb(self, x0: torch.Tensor, levels: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        a = _broadcast(self.abar_at(levels), x0)
+        return a.sqrt() * x0 + (1.0 - a).sqrt() * z
+
+    def to_model(self, image: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] to the network's data range [-1, 1]."""
+        return image * 2.0 - 1.0
+
+    def from_model(self, x: torch.Tensor) -> torch.Tensor:
+        return (x + 1.0) / 2.0
+
+
+@dataclass(frozen=True)
+class VESDE:
+    """Variance-exploding (NCSN++) schedule: x = x_0 + sigma z on a geometric grid of N sigmas."""
+
+    sigma_min: float = 0.01
+    sigma_max: float = 348.0
+    n: int = 2000
+    snr: float = 0.075
+    correct_steps: int = 1
+
+    family = "ve"
+    data_range = (0.0, 1.0)
+
+    @property
+    def num_levels(self) -> int:
+        return self.n
+
+    @cached_property
+    def sigmas(self) -> torch.Tensor:
+        """Grid sigma_k = sigma_min (sigma_max / sigma_min)^(k / (N-1)) with a leading 0 for CLEAN."""
+        k = torch.arange(self.n, dtype=torch.float64)
+        grid = torch.exp(math.log(self.sigma_min) + k / (self.n - 1)
+                         * (math.log(self.sigma_max) - math.log(self.sigma_min)))
+        return torch.cat([torch.zeros(1, dtype=torch.float64), grid])
+
+    def start_level(self, t0: float) -> int:
+        """The grid index of sigma(t0), t on the grid k / (N - 1)."""
+        _check_t0(t0)
+        return round(t0 * (self.n - 1))
+
+    def sigma_at(self, levels: torch.Tensor) -> torch.Tensor:
+        return self.sigmas.to(levels.device)[levels.long() + 1]
+
+    def perturb(self, x0: torch.Tensor, levels: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return x0 + _broadcast(self.sigma_at(levels), x0) * z
+
+    def to_model(self, image: torch.Tensor) -> torch.Tensor:
+        """VE networks take [0, 1] data and centre it themselves."""
+        return image
+
+    def from_model(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+SDE = VPSDE | VESDE

@@ -1,0 +1,93 @@
+"""Shared fixtures: tiny random diffusers checkpoints saved with save_pretrained, and analytic models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.network import ScoreModel
+from models.sde import VESDE, VPSDE
+
+TINY = 16  # pixels: big enough for two UNet levels, small enough for fast tests
+
+
+def make_vp_checkpoint(folder: Path, **scheduler_overrides: object) -> Path:
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=TINY, in_channels=3, out_channels=3,
+                       block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=8)
+    unet.save_pretrained(folder)
+    # google/ddpm-* configs set clip_sample=True; the loader must ignore it.
+    config = {"clip_sample": True, **scheduler_overrides}
+    DDPMScheduler(**config).save_pretrained(folder)
+    return folder
+
+
+def make_ve_checkpoint(folder: Path) -> Path:
+    from diffusers import ScoreSdeVeScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=TINY, in_channels=3, out_channels=3,
+                       block_out_channels=(32, 64), layers_per_block=1,
+                       time_embedding_type="fourier", flip_sin_to_cos=True, freq_shift=1,
+                       mid_block_scale_factor=2**0.5, norm_eps=1e-6, norm_num_groups=None,
+                       attention_head_dim=None,
+                       down_block_types=("SkipDownBlock2D", "AttnSkipDownBlock2D"),
+                       up_block_types=("AttnSkipUpBlock2D", "SkipUpBlock2D"))
+    unet.save_pretrained(folder)
+    ScoreSdeVeScheduler(sigma_max=50.0, snr=0.16).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def vp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_vp_checkpoint(tmp_path_factory.mktemp("vp"))
+
+
+@pytest.fixture(scope="session")
+def ve_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_ve_checkpoint(tmp_path_factory.mktemp("ve"))
+
+
+@pytest.fixture(scope="session")
+def vp_model(vp_dir: Path) -> ScoreModel:
+    from models.loader import load_model
+
+    return load_model(str(vp_dir))
+
+
+@pytest.fixture(scope="session")
+def ve_model(ve_dir: Path) -> ScoreModel:
+    from models.loader import load_model
+
+    return load_model(str(ve_dir))
+
+
+def gaussian_vp_model(mu: float, std: float, resolution: int = 8,
+                      sde: VPSDE | None = None) -> ScoreModel:
+    """Exact eps of N(mu, std^2) data (model space) under the VP SDE: no network at all."""
+    sde = sde or VPSDE.linear()
+
+    def eps(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        a = sde.abar_at(levels.cpu()).float().view(-1, 1, 1, 1)
+        var = a * std**2 + (1 - a)
+        return (1 - a).sqrt() * (x - a.sqrt() * mu) / var
+
+    return ScoreModel(network=eps, sde=sde, resolution=resolution, channels=1, name="gauss-vp")
+
+
+def gaussian_ve_model(mu: float, std: float, resolution: int = 8,
+                      sde: VESDE | None = None) -> ScoreModel:
+    """Exact score of N(mu, std^2) data under the VE SDE; the time input is sigma."""
+    sde = sde or VESDE(sigma_min=0.01, sigma_max=50.0, n=1000, snr=0.16)
+
+    def score(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        s = sigma.view(-1, 1, 1, 1)
+        return -(x - mu) / (std**2 + s**2)
+
+    return ScoreModel(network=score, sde=sde, resolution=resolution, channels=1, name="gauss-ve")
