@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     from models.imageio import ImageInputError, open_image, prepare_guide, prepare_mask, to_image
     from models.loader import ModelLoadError, load_model
-    from models.sdedit import sdedit
+    from models.sdedit import EditParams, sdedit
 
     try:
         guide_image = open_image(args.guide)
@@ -83,6 +83,12 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args.model, device=device)
     except ModelLoadError as exc:
         return fail(str(exc))
+    params = EditParams(t0=args.t0, steps=args.steps, sampler=args.sampler, eta=args.eta,
+                        repeats=args.repeats)
+    try:
+        params.validate(model.sde.family)
+    except ValueError as exc:
+        return fail(str(exc))
     guide = prepare_guide(guide_image, model.resolution, model.channels, args.resize)
     mask = prepare_mask(mask_image, model.resolution, args.resize) if mask_image else None
     with tqdm(total=1, desc="sdedit", unit="forward", dynamic_ncols=True) as bar:
@@ -90,12 +96,9 @@ def run(args: argparse.Namespace) -> int:
             bar.total = total
             bar.update(done - bar.n)
 
-        try:
-            images = sdedit(model, guide, mask, t0=args.t0, steps=args.steps,
-                            sampler=args.sampler, eta=args.eta, repeats=args.repeats,
-                            samples=args.samples, seed=args.seed, progress=progress)
-        except ValueError as exc:
-            return fail(str(exc))
+        images = sdedit(model, guide, mask, t0=params.t0, steps=params.steps,
+                        sampler=params.sampler, eta=params.eta, repeats=params.repeats,
+                        samples=args.samples, seed=args.seed, progress=progress)
     args.out.mkdir(parents=True, exist_ok=True)
     for k, image in enumerate(images):
         path = args.out / f"{args.guide.stem}-{k}.png"

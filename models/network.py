@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from models.sde import SDE, VESDE, VPSDE
+from models.sde import SDE, VESDE
 
 # The network's raw call: (x in model space, time input of shape (B,)) -> raw output.
 NetworkFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -73,6 +73,3 @@ def diffusers_network(unet: torch.nn.Module) -> NetworkFn:
 
     return forward
 
-
-def is_vp(model: ScoreModel) -> bool:
-    return isinstance(model.sde, VPSDE)

@@ -8,8 +8,8 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, ScoreSdeVeScheduler, UNet2DModel
 
 from models.samplers import ancestral_step, ddim_step, ve_corrector_step, ve_predictor_step
-from models.sdedit import sdedit
 from models.sde import CLEAN, level_sequence
+from models.sdedit import sdedit
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 

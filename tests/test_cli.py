@@ -1,0 +1,61 @@
+"""The `sdedit edit` command: outputs on disk and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from cli.main import main
+
+
+@pytest.fixture()
+def guide_file(tmp_path):
+    path = tmp_path / "guide.png"
+    Image.new("RGB", (24, 24), (200, 30, 30)).save(path)
+    return path
+
+
+def test_edit_writes_samples_at_model_resolution(vp_dir, guide_file, tmp_path):
+    mask = tmp_path / "mask.png"
+    Image.new("L", (24, 24), 255).save(mask)
+    out = tmp_path / "out"
+    code = main(["edit", str(guide_file), "--mask", str(mask), "--t0", "0.2", "--steps", "5",
+                 "-n", "2", "--seed", "3", "--model", str(vp_dir), "-o", str(out)])
+    assert code == 0
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["guide-0.png", "guide-1.png"]
+    with Image.open(out / "guide-0.png") as image:
+        assert image.size == (16, 16) and image.mode == "RGB"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["MISSING"], "no such file"),
+    (["NOT_IMAGE"], "not a readable image"),
+    (["GUIDE", "--mask", "SMALL_MASK"], "mask size 8x8 does not match guide size 24x24"),
+    (["GUIDE", "--model", "no-such-model"], "no model 'no-such-model'"),
+    (["GUIDE", "--sampler", "pc"], "does not apply to a VP model"),
+])
+def test_bad_inputs_give_one_line_errors(vp_dir, guide_file, tmp_path, capsys, args, message):
+    not_image = tmp_path / "x.png"
+    not_image.write_text("hello")
+    small = tmp_path / "small.png"
+    Image.new("L", (8, 8)).save(small)
+    names = {"MISSING": str(tmp_path / "missing.png"), "NOT_IMAGE": str(not_image),
+             "GUIDE": str(guide_file), "SMALL_MASK": str(small)}
+    argv = ["edit", *[names.get(a, a) for a in args], "-o", str(tmp_path / "o")]
+    if "--model" not in args:
+        argv += ["--model", str(vp_dir)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("sdedit: error:") and message in err[-1]
+
+
+@pytest.mark.parametrize("t0", ["0", "1.5", "abc"])
+def test_t0_outside_the_unit_interval_is_rejected(guide_file, tmp_path, t0):
+    result = subprocess.run([sys.executable, "-m", "cli", "edit", str(guide_file), "--t0", t0,
+                             "-o", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "t0 must be" in result.stderr.strip().splitlines()[-1]
