@@ -1,67 +1,104 @@
 """Reverse-SDE updates between two noise levels, batched with per-sample levels.
 
-Each function is one step of one sampler in the formulas of sdedit-math.md. Coefficients are
-(B,) tensors (one value per sample) so samples at different levels share a call; the noise z
-is passed in, so callers own the random streams (per-sample generators) and tests can feed the
-same noise to a reference implementation.
+Every update here has the same linear form in the sample x, the network's prediction p and
+fresh noise z:
+
+    x_mean = a x + b p        x_next = x_mean + c z
+
+with per-sample coefficients (a, b, c). The `*_coefficients` functions give them from the
+formulas of sdedit-math.md (in float64); `apply_update` is the one batched tensor update, so
+samples of different samplers and levels share one call. The noise z is passed in: callers own
+the random streams (per-sample generators) and tests feed the same noise to a reference.
 """
 
 from __future__ import annotations
 
 import torch
 
-
-def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(B,) float64 coefficients as (B, 1, 1, 1) in the dtype and device of `like`."""
-    return values.to(device=like.device, dtype=like.dtype).view(-1, *([1] * (like.dim() - 1)))
+Coefficients = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # a, b, c: each (B,)
 
 
-def ancestral_step(x: torch.Tensor, eps: torch.Tensor, abar_t: torch.Tensor,
-                   abar_prev: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+def ancestral_coefficients(abar_t: torch.Tensor, abar_prev: torch.Tensor) -> Coefficients:
     """The paper's DDPM step ("fixed small" variance, no clipping) from level t to level prev.
 
-    With a sub-sequence of levels, alpha' = abar_t / abar_prev replaces alpha_t, which keeps the
-    step exact for any stride (as DDPMScheduler does). Noise is added unless prev is clean.
+    mean = (x - beta' / sqrt(1 - abar_t) eps) / sqrt(alpha'), with alpha' = abar_t / abar_prev,
+    which is the official step for consecutive levels and stays exact for any stride (as
+    DDPMScheduler does). var = beta' (1 - abar_prev) / (1 - abar_t); none into the clean level.
     """
     alpha = abar_t / abar_prev
     beta = 1.0 - alpha
-    # The posterior variance with abar_prev = 1 is 0: no noise into the clean level.
     var = (beta * (1.0 - abar_prev) / (1.0 - abar_t)).clamp(min=1e-20)
     var = torch.where(abar_prev >= 1.0, torch.zeros_like(var), var)
-    mean = (x - _per_sample(beta / (1.0 - abar_t).sqrt(), x) * eps) / _per_sample(alpha.sqrt(), x)
-    return mean + _per_sample(var.sqrt(), x) * z
+    a = 1.0 / alpha.sqrt()
+    return a, -a * beta / (1.0 - abar_t).sqrt(), var.sqrt()
 
 
-def ddim_step(x: torch.Tensor, eps: torch.Tensor, abar_t: torch.Tensor, abar_prev: torch.Tensor,
-              eta: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """DDIM (Song et al. 2021) from level t to level prev; eta = 0 is deterministic."""
-    x0_hat = (x - _per_sample((1.0 - abar_t).sqrt(), x) * eps) / _per_sample(abar_t.sqrt(), x)
+def ddim_coefficients(abar_t: torch.Tensor, abar_prev: torch.Tensor,
+                      eta: torch.Tensor) -> Coefficients:
+    """DDIM (Song et al. 2021) from level t to level prev; eta = 0 is deterministic.
+
+    x0_hat = (x - sqrt(1 - abar_t) eps) / sqrt(abar_t);
+    x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps + sigma z.
+    """
     sigma = eta * ((1.0 - abar_prev) / (1.0 - abar_t)).sqrt() * (1.0 - abar_t / abar_prev).sqrt()
     direction = (1.0 - abar_prev - sigma**2).clamp(min=0.0).sqrt()
-    return (_per_sample(abar_prev.sqrt(), x) * x0_hat + _per_sample(direction, x) * eps
-            + _per_sample(sigma, x) * z)
+    ratio = (abar_prev / abar_t).sqrt()
+    return ratio, direction - ratio * (1.0 - abar_t).sqrt(), sigma
 
 
-def ve_predictor_step(x: torch.Tensor, score: torch.Tensor, sigma: torch.Tensor,
-                      sigma_prev: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reverse-diffusion predictor from sigma to sigma_prev; returns (x, x_mean).
+def ve_predictor_coefficients(sigma: torch.Tensor, sigma_prev: torch.Tensor) -> Coefficients:
+    """Reverse-diffusion predictor from sigma to sigma_prev: x_mean = x + g^2 s, noise g z.
 
     g^2 is the variance between the two levels actually visited, so a strided sequence of levels
     stays a correct discretisation (the reference uses grid neighbours only).
     """
     g2 = sigma**2 - sigma_prev**2
-    x_mean = x + _per_sample(g2, x) * score
-    return x_mean + _per_sample(g2.sqrt(), x) * z, x_mean
+    return torch.ones_like(g2), g2, g2.sqrt()
 
 
-def ve_corrector_step(x: torch.Tensor, score: torch.Tensor, snr: torch.Tensor,
-                      z: torch.Tensor) -> torch.Tensor:
-    """Langevin corrector with step 2 (snr ||z|| / ||s||)^2.
+def ve_corrector_coefficients(score: torch.Tensor, z: torch.Tensor,
+                              snr: torch.Tensor) -> Coefficients:
+    """Langevin corrector: x + e s + sqrt(2 e) z with e = 2 (snr ||z|| / ||s||)^2.
 
     The reference averages the norms over the batch, which couples samples; here each sample
     uses its own norms, so an edit does not depend on its batch mates (identical at batch 1).
     """
-    z_norm = z.flatten(1).norm(dim=1).double()
-    s_norm = score.flatten(1).norm(dim=1).double()
+    z_norm = z.flatten(1).norm(dim=1).double().cpu()
+    s_norm = score.flatten(1).norm(dim=1).double().cpu()
     step = 2.0 * (snr * z_norm / s_norm) ** 2
-    return x + _per_sample(step, x) * score + _per_sample((2.0 * step).sqrt(), x) * z
+    return torch.ones_like(step), step, (2.0 * step).sqrt()
+
+
+def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) coefficients as (B, 1, 1, 1) in the dtype and device of `like`."""
+    return values.to(device=like.device, dtype=like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+
+def apply_update(x: torch.Tensor, prediction: torch.Tensor, z: torch.Tensor,
+                 a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_next, x_mean for (B,) or already broadcast coefficients."""
+    if a.dim() == 1:
+        a, b, c = (per_sample(v, x) for v in (a, b, c))
+    x_mean = a * x + b * prediction
+    return x_mean + c * z, x_mean
+
+
+def ancestral_step(x: torch.Tensor, eps: torch.Tensor, abar_t: torch.Tensor,
+                   abar_prev: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    return apply_update(x, eps, z, *ancestral_coefficients(abar_t, abar_prev))[0]
+
+
+def ddim_step(x: torch.Tensor, eps: torch.Tensor, abar_t: torch.Tensor, abar_prev: torch.Tensor,
+              eta: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    return apply_update(x, eps, z, *ddim_coefficients(abar_t, abar_prev, eta))[0]
+
+
+def ve_predictor_step(x: torch.Tensor, score: torch.Tensor, sigma: torch.Tensor,
+                      sigma_prev: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (x, x_mean): the final PC output is the last predictor's x_mean."""
+    return apply_update(x, score, z, *ve_predictor_coefficients(sigma, sigma_prev))
+
+
+def ve_corrector_step(x: torch.Tensor, score: torch.Tensor, snr: torch.Tensor,
+                      z: torch.Tensor) -> torch.Tensor:
+    return apply_update(x, score, z, *ve_corrector_coefficients(score, z, snr))[0]

@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 import torch
 
 from models.network import ScoreModel
-from models.samplers import ancestral_step, ddim_step, ve_corrector_step, ve_predictor_step
+from models.samplers import (
+    ancestral_coefficients,
+    apply_update,
+    ddim_coefficients,
+    ve_corrector_coefficients,
+    ve_predictor_coefficients,
+)
 from models.sde import CLEAN, VESDE, level_sequence
 
 SAMPLERS = {"vp": ("ancestral", "ddim"), "ve": ("pc",)}
@@ -73,6 +79,7 @@ class Slot:
     x_mean: torch.Tensor | None = None
     source: torch.Tensor | None = None  # what this pass perturbed, in model space
     z_keep: torch.Tensor | None = None  # VP: this pass's noise, reused for the kept region
+    table: torch.Tensor | None = None  # (phases, 5) float64 coefficients, see coefficient_table
     generator: torch.Generator | None = None
     result: torch.Tensor | None = None
 
@@ -120,6 +127,39 @@ def plan_phases(model: ScoreModel, params: EditParams) -> list[tuple[str, int, i
     return [(kind, level, prev) for level, prev in zip(levels, following, strict=True)]
 
 
+def coefficient_table(model: ScoreModel, phases: list[tuple[str, int, int]],
+                      eta: float) -> torch.Tensor:
+    """Per phase: the update's (a, b, c) and the kept region's (scale, noise) at the next level.
+
+    Everything but the Langevin corrector's step (which depends on the score) is fixed by the
+    levels, so it is computed once per slot, in float64, instead of at every iteration.
+    """
+    sde = model.sde
+    levels = torch.tensor([p[1] for p in phases])
+    nexts = torch.tensor([p[2] for p in phases])
+    table = torch.full((len(phases), 5), math.nan, dtype=torch.float64)
+    kinds = [p[0] for p in phases]
+    for kind in set(kinds):
+        rows = torch.tensor([i for i, k in enumerate(kinds) if k == kind])
+        lv, nx = levels[rows], nexts[rows]
+        if kind == ANCESTRAL:
+            abc = ancestral_coefficients(sde.abar_at(lv), sde.abar_at(nx))
+        elif kind == DDIM:
+            abc = ddim_coefficients(sde.abar_at(lv), sde.abar_at(nx),
+                                    torch.full((len(rows),), eta, dtype=torch.float64))
+        elif kind == VE_PREDICTOR:
+            abc = ve_predictor_coefficients(sde.sigma_at(lv), sde.sigma_at(nx))
+        else:
+            continue  # the corrector's step is computed from the score at run time
+        table[rows, :3] = torch.stack(abc, 1)
+    if isinstance(sde, VESDE):
+        table[:, 3], table[:, 4] = 1.0, sde.sigma_at(nexts)
+    else:
+        abar = sde.abar_at(nexts)
+        table[:, 3], table[:, 4] = abar.sqrt(), (1.0 - abar).sqrt()
+    return table
+
+
 class SlotBatch:
     """Slots of one model advanced together, one network forward per iteration."""
 
@@ -136,6 +176,7 @@ class SlotBatch:
         if slot.mask is not None:
             slot.mask = slot.mask.to(model.device, torch.float32)
         slot.phases = plan_phases(model, slot.params)
+        slot.table = coefficient_table(model, slot.phases, slot.params.eta)
         slot.generator = torch.Generator(device=model.device).manual_seed(int(slot.seed))
         self._start_pass(slot, model.sde.to_model(slot.guide))
         self.slots.append(slot)
@@ -167,41 +208,26 @@ class SlotBatch:
         slot.x_mean = slot.x
 
     def step(self) -> list[Slot]:
-        """One iteration: one forward over all active slots, then their updates.
+        """One iteration: one forward over all active slots, then one batched update.
 
         Returns the slots that finished in this iteration (they stay until pop_finished).
         """
         slots = self.active
         if not slots:
             return []
-        sde = self.model.sde
-        phases = [s.phases[s.position] for s in slots]
-        levels = torch.tensor([p[1] for p in phases])
-        nexts = torch.tensor([p[2] for p in phases])
+        rows = torch.stack([s.table[s.position] for s in slots])
+        levels = torch.tensor([s.phases[s.position][1] for s in slots])
         x = torch.stack([s.x for s in slots])
         prediction = self.model.predict(x, levels)
         z = torch.stack([self._noise(s) for s in slots])
-        new_x, new_mean = x.clone(), x.clone()
-        for kind in {p[0] for p in phases}:
-            idx = [i for i, p in enumerate(phases) if p[0] == kind]
-            sel = torch.tensor(idx, device=x.device)
-            xs, ps, zs = x[sel], prediction[sel], z[sel]
-            lv, nx = levels[idx], nexts[idx]
-            if kind == ANCESTRAL:
-                out = ancestral_step(xs, ps, sde.abar_at(lv), sde.abar_at(nx), zs)
-                mean = out
-            elif kind == DDIM:
-                eta = torch.tensor([slots[i].params.eta for i in idx], dtype=torch.float64)
-                out = ddim_step(xs, ps, sde.abar_at(lv), sde.abar_at(nx), eta, zs)
-                mean = out
-            elif kind == VE_PREDICTOR:
-                out, mean = ve_predictor_step(xs, ps, sde.sigma_at(lv), sde.sigma_at(nx), zs)
-            else:
-                snr = torch.full((len(idx),), sde.snr, dtype=torch.float64)
-                out = ve_corrector_step(xs, ps, snr, zs)
-                mean = out
-            new_x[sel], new_mean[sel] = out, mean
-        self._keep_unmasked(slots, new_x, new_mean, nexts)
+        corrector = [i for i, s in enumerate(slots) if s.phases[s.position][0] == VE_CORRECTOR]
+        if corrector:
+            snr = torch.full((len(corrector),), self.model.sde.snr, dtype=torch.float64)
+            rows[corrector, :3] = torch.stack(
+                ve_corrector_coefficients(prediction[corrector], z[corrector], snr), 1)
+        coefficients = rows.to(x.device, torch.float32).T[:, :, None, None, None]
+        new_x, new_mean = apply_update(x, prediction, z, *coefficients[:3])
+        self._keep_unmasked(slots, new_x, new_mean, coefficients[3], coefficients[4])
         finished = []
         for i, slot in enumerate(slots):
             slot.x, slot.x_mean = new_x[i], new_mean[i]
@@ -211,25 +237,22 @@ class SlotBatch:
         return finished
 
     def _keep_unmasked(self, slots: list[Slot], x: torch.Tensor, x_mean: torch.Tensor,
-                       nexts: torch.Tensor) -> None:
+                       scale: torch.Tensor, noise_scale: torch.Tensor) -> None:
         """Reset the kept region to the pass's source noised to the level just reached."""
         idx = [i for i, s in enumerate(slots) if s.mask is not None]
         if not idx:
             return
-        sde = self.model.sde
         sel = torch.tensor(idx, device=x.device)
         m = torch.stack([slots[i].mask for i in idx])
-        source = torch.stack([slots[i].source for i in idx])
-        if isinstance(sde, VESDE):
+        if isinstance(self.model.sde, VESDE):
             # score_sde's controllable generation draws fresh noise for the known region.
             z = torch.stack([self._noise(slots[i]) for i in idx])
-            kept_mean = source
         else:
             z = torch.stack([slots[i].z_keep for i in idx])
-            kept_mean = None
-        kept = sde.perturb(source, nexts[idx], z)
-        x[sel] = m * x[sel] + (1.0 - m) * kept
-        x_mean[sel] = m * x_mean[sel] + (1.0 - m) * (kept if kept_mean is None else kept_mean)
+        kept_mean = scale[sel] * torch.stack([slots[i].source for i in idx])
+        kept = kept_mean + noise_scale[sel] * z
+        x[sel] = torch.lerp(kept, x[sel], m)
+        x_mean[sel] = torch.lerp(kept_mean, x_mean[sel], m)
 
     def _end_pass(self, slot: Slot) -> bool:
         """Finish a pass: clamp, paste the kept region; start the next repeat or finish."""

@@ -1,0 +1,1 @@
+"""Benchmark scripts: they print ratios, so numbers compare across machines."""
