@@ -6,7 +6,7 @@ AdamW with warm-up and cosine decay; EMA weights (the exported model); resumable
 Typical use::
 
     python -m models.train --data data/emoji/emoji.npz --out runs/emoji32 --resolution 32 \
-        --config s32 --batch-size 64 --max-steps 20000 --max-minutes 100
+        --config tiny --batch-size 64 --max-steps 15000 --max-minutes 100
     python -m models.train --out runs/emoji32 --resume ...        # continue a stopped run
     python -m models.train --out runs/emoji32 --export FOLDER     # export EMA weights only
     python -m models.train --out runs/emoji32 --export FOLDER --sample 64   # plus a contact sheet
@@ -44,11 +44,13 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 # Named UNet presets: channels per level, resnets per level, attention at these resolutions.
 CONFIGS: dict[str, dict[str, Any]] = {
-    "s32": {"channels": (32, 64, 128, 128), "layers": 1, "attn_res": (8,), "groups": 16},
-    "m32": {"channels": (32, 64, 128, 128), "layers": 2, "attn_res": (8,), "groups": 16},
-    "a64": {"channels": (64, 128, 128), "layers": 1, "attn_res": (8,), "groups": 32},
-    "b64": {"channels": (64, 128, 128), "layers": 2, "attn_res": (8,), "groups": 32},
-    "c64": {"channels": (64, 128, 256), "layers": 2, "attn_res": (8,), "groups": 32},
+    # default: fastest config measured on the 2-core CPU box, see data/emoji/TRAINING_NOTES.md
+    "tiny": {"channels": (16, 32, 64, 64), "layers": 1, "attn_res": (8,), "groups": 8},
+    "tiny-wide": {"channels": (16, 32, 64, 128), "layers": 1, "attn_res": (8,), "groups": 8},
+    "tiny-l2": {"channels": (16, 32, 64, 64), "layers": 2, "attn_res": (8,), "groups": 8},
+    "small": {"channels": (32, 64, 64), "layers": 1, "attn_res": (8,), "groups": 8},
+    "small4": {"channels": (32, 64, 128, 128), "layers": 1, "attn_res": (8,), "groups": 16},
+    "medium": {"channels": (64, 128, 128), "layers": 1, "attn_res": (8,), "groups": 32},
 }
 
 
@@ -295,10 +297,12 @@ def model_from_checkpoint(ckpt: dict[str, Any], key: str = "ema") -> UNet2DModel
 def export(ema: UNet2DModel, folder: Path) -> None:
     """Save the EMA UNet (fp32 safetensors) and the matching DDPMScheduler into folder."""
     folder.mkdir(parents=True, exist_ok=True)
-    ema = copy.deepcopy(ema).to("cpu", torch.float32, memory_format=torch.contiguous_format)
+    ema = copy.deepcopy(ema).cpu()  # always kept in fp32; only layout may differ
     for p in ema.parameters():
         p.data = p.data.contiguous()
     ema.save_pretrained(folder, safe_serialization=True)
+    for f in folder.glob("*.safetensors"):
+        f.chmod(0o644)  # safetensors writes 0600; the weights get bundled
     make_scheduler().save_pretrained(folder)
 
 
@@ -538,8 +542,7 @@ def train(args: argparse.Namespace) -> None:
             log_line(log_path, rec)
             pbar.write(json.dumps(rec))
             last_ckpt_wall = time.monotonic()
-            t_prev = last_ckpt_wall  # checkpoint/eval time does not count as training time
-            log_t0 = last_ckpt_wall
+            log_t0, log_step0 = last_ckpt_wall, step  # logged steps/s excludes ckpt/eval time
             next_ckpt = args.ckpt_minutes * 60
     pbar.close()
 
@@ -607,7 +610,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=Path("data/emoji/emoji.npz"))
     p.add_argument("--out", type=Path, default=Path("runs/emoji32"), help="run folder")
     p.add_argument("--resolution", type=int, default=32, choices=(32, 64))
-    p.add_argument("--config", default="s32", choices=sorted(CONFIGS), help="UNet preset")
+    p.add_argument("--config", default="tiny", choices=sorted(CONFIGS), help="UNet preset")
     p.add_argument("--channels", default=None, help="override preset, e.g. 32,64,64")
     p.add_argument("--layers", type=int, default=None, help="override resnets per level")
     p.add_argument("--groups", type=int, default=None, help="override GroupNorm groups")
@@ -615,7 +618,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--head-dim", type=int, default=32, help="attention head dim")
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup-steps", type=int, default=500)
     p.add_argument(
         "--final-lr-fraction",
@@ -633,7 +636,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-minutes",
         type=float,
         default=None,
-        help="training-time budget, counted over all resumes of the run",
+        help="wall-clock budget in minutes (incl. checkpoints/eval), summed over resumes",
     )
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     p.add_argument("--first-ckpt-minutes", type=float, default=2.0)
