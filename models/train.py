@@ -36,6 +36,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from models.emoji_data import load_emoji
+from models.network import ScoreModel, diffusers_network
+from models.sde import VPSDE
+from models.sdedit import sdedit
 
 NUM_TRAIN_TIMESTEPS = 1000
 BETA_START = 1e-4
@@ -87,9 +90,8 @@ def build_unet(
 
 
 def alphas_cumprod() -> torch.Tensor:
-    """abar_t for the linear schedule, computed exactly like diffusers' DDPMScheduler."""
-    betas = torch.linspace(BETA_START, BETA_END, NUM_TRAIN_TIMESTEPS, dtype=torch.float32)
-    return torch.cumprod(1.0 - betas, dim=0)
+    """abar_t of the linear schedule (float32 for the loss), from the sampler's own VPSDE."""
+    return VPSDE.linear(BETA_START, BETA_END, NUM_TRAIN_TIMESTEPS).abar[1:].float()
 
 
 def make_scheduler() -> DDPMScheduler:
@@ -229,34 +231,26 @@ def eval_loss(
     return tot_w / n, tot / n
 
 
-@torch.no_grad()
 def ddim_sample(
-    model: torch.nn.Module,
+    model: UNet2DModel,
     n: int,
     resolution: int,
     device: torch.device,
     steps: int = 50,
     seed: int = 0,
-    batch: int = 64,
 ) -> torch.Tensor:
-    """Deterministic DDIM (eta = 0) with x0 clipping; returns (n, 3, R, R) in [-1, 1]."""
-    abar = alphas_cumprod().to(device)
-    ts = torch.linspace(NUM_TRAIN_TIMESTEPS - 1, 0, steps).round().long().tolist()
-    gen = torch.Generator().manual_seed(seed)
-    model.eval()
-    outs = []
-    for start in range(0, n, batch):
-        m = min(batch, n - start)
-        x = torch.randn((m, 3, resolution, resolution), generator=gen).to(device)
-        for i, t in enumerate(ts):
-            a_t = abar[t]
-            a_prev = abar[ts[i + 1]] if i + 1 < len(ts) else torch.ones((), device=device)
-            eps = model(x, torch.full((m,), t, device=device, dtype=torch.long)).sample.float()
-            x0 = ((x - (1.0 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1.0, 1.0)
-            eps = (x - a_t.sqrt() * x0) / (1.0 - a_t).sqrt()
-            x = a_prev.sqrt() * x0 + (1.0 - a_prev).sqrt() * eps
-        outs.append(x.cpu())
-    return torch.cat(outs)
+    """Unconditional samples with the project's own sampler: SDEdit from t0 = 1, DDIM (eta = 0).
+
+    At t0 = 1 the guide is scaled by sqrt(abar_999) < 0.007, so a grey guide leaves pure noise.
+    Returns (n, 3, R, R) in [-1, 1].
+    """
+    was_training = model.training
+    score_model = ScoreModel(network=diffusers_network(model.eval()), sde=VPSDE.linear(),
+                             resolution=resolution, device=device, name="ema")
+    grey = torch.full((3, resolution, resolution), 0.5)
+    images = sdedit(score_model, grey, t0=1.0, steps=steps, sampler="ddim", samples=n, seed=seed)
+    model.train(was_training)
+    return images * 2.0 - 1.0
 
 
 def save_contact_sheet(images: torch.Tensor, path: Path, pad: int = 2) -> None:

@@ -87,3 +87,14 @@ def test_exported_model_loads_through_the_public_loader(tiny_data, tmp_path):
     ema = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["ema"]
     exported = load_file(folder / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(exported[k], ema[k]) for k in exported)
+
+
+def test_sample_sheet_uses_the_sdedit_sampler(tiny_data, tmp_path):
+    from models.train import ddim_sample, model_from_checkpoint
+
+    run(tiny_data, tmp_path / "run", 1)
+    ema = model_from_checkpoint(torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False))
+    a = ddim_sample(ema, 3, 32, torch.device("cpu"), steps=4, seed=5)
+    b = ddim_sample(ema, 3, 32, torch.device("cpu"), steps=4, seed=5)
+    assert a.shape == (3, 3, 32, 32) and torch.equal(a, b)
+    assert a.min() >= -1 and a.max() <= 1 and a.std() > 0
