@@ -1,0 +1,100 @@
+"""The batching engine: edit jobs become slots that share every network forward of their model.
+
+An `Engine` holds loaded models and one `SlotBatch` each. `admit` turns a job (its decoded
+inputs and parameters) into one slot per sample; `step` runs one iteration of every model that
+has work, so jobs that arrive while others are mid-way join at the next step and finished
+jobs leave at once. Nothing here knows about Redis or RQ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from models.network import ScoreModel
+from models.sdedit import EditParams, Slot, SlotBatch
+
+
+@dataclass
+class EngineJob:
+    """A job inside the engine: its slots, and what it produced once they are all done."""
+
+    id: str
+    model: str
+    slots: list[Slot]
+    results: list[torch.Tensor] = field(default_factory=list)
+
+    # A job's samples share parameters, so they advance in lockstep: progress is one sample's
+    # network forwards (steps x repeats, and corrector phases for VE).
+    @property
+    def total(self) -> int:
+        return self.slots[0].total_phases
+
+    @property
+    def done(self) -> int:
+        return min(s.total_phases if s.finished else s.done_phases for s in self.slots)
+
+    @property
+    def finished(self) -> bool:
+        return all(s.finished for s in self.slots)
+
+
+class Engine:
+    """Loaded models and their running slots; at most `max_batch` slots per forward."""
+
+    def __init__(self, models: dict[str, ScoreModel], max_batch: int = 16) -> None:
+        self.models = models
+        self.max_batch = max_batch
+        self.batches = {name: SlotBatch(model) for name, model in models.items()}
+        self.jobs: dict[str, EngineJob] = {}
+
+    def free_slots(self, model: str) -> int:
+        return self.max_batch - len(self.batches[model].active)
+
+    def admit(self, job_id: str, model: str, guide: torch.Tensor, mask: torch.Tensor | None,
+              params: EditParams, samples: int, seed: int) -> EngineJob:
+        """Add a job's samples to its model's batch; raises ValueError on inputs it cannot run."""
+        if model not in self.batches:
+            raise ValueError(f"model {model!r} is not loaded by this worker")
+        if samples > self.max_batch:
+            raise ValueError(f"{samples} samples exceed the worker's batch of {self.max_batch}")
+        batch = self.batches[model]
+        slots = [Slot(guide=guide, mask=mask, params=params, seed=seed + k, key=(job_id, k))
+                 for k in range(samples)]
+        for slot in slots:  # validate them all before any joins the batch
+            slot.params.validate(batch.model.sde.family)
+        job = EngineJob(id=job_id, model=model, slots=[batch.add(s) for s in slots])
+        self.jobs[job_id] = job
+        return job
+
+    def cancel(self, job_id: str) -> bool:
+        """Free a job's slots before the next forward; False if it is not running here."""
+        job = self.jobs.pop(job_id, None)
+        if job is None:
+            return False
+        self.batches[job.model].remove({s.key for s in job.slots})
+        return True
+
+    @property
+    def busy(self) -> bool:
+        return any(batch.active for batch in self.batches.values())
+
+    @torch.inference_mode()
+    def step(self, on_forward: Callable[[str, int], None] | None = None) -> list[EngineJob]:
+        """One iteration of every model with active slots; returns the jobs that finished."""
+        finished = []
+        for name, batch in self.batches.items():
+            if not batch.active:
+                continue
+            occupancy = len(batch.active)
+            batch.step()
+            if on_forward is not None:
+                on_forward(name, occupancy)
+            batch.pop_finished()
+            for job_id in [j for j, job in self.jobs.items() if job.model == name and job.finished]:
+                job = self.jobs.pop(job_id)
+                job.results = [s.result for s in job.slots]
+                finished.append(job)
+        return finished

@@ -1,0 +1,114 @@
+"""`sdedit worker`: one long-lived process per accelerator, models loaded once, jobs batched."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from redis import Redis
+
+from models.loader import load_model
+from models.network import ScoreModel
+from models.sdedit import EditParams
+from service.contract import EditJob, cancel_key
+from service.settings import Settings
+from worker.engine import Engine
+from worker.jobio import ProgressWriter, load_inputs, store_results
+
+log = logging.getLogger("sdedit.worker")
+
+
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def warm_up(model: ScoreModel) -> None:
+    """One forward at batch 1, so the first job does not pay for lazy initialisation."""
+    x = torch.zeros(1, model.channels, model.resolution, model.resolution, device=model.device)
+    with torch.inference_mode():
+        model.predict(x, torch.tensor([0]))
+
+
+class JobRunner:
+    """Connects RQ jobs (EditJob contracts) to the engine: inputs in, results and progress out."""
+
+    def __init__(self, engine: Engine, connection: Redis, settings: Settings) -> None:
+        self.engine = engine
+        self.connection = connection
+        self.settings = settings
+        self.contracts: dict[str, EditJob] = {}
+        self.progress = ProgressWriter(connection, settings.result_ttl_s,
+                                       settings.progress_interval_s)
+
+    def room(self, model: str) -> bool:
+        return self.engine.free_slots(model) >= min(self.settings.max_samples,
+                                                    self.engine.max_batch)
+
+    def admit(self, job: EditJob) -> None:
+        model = self.engine.models[job.model]
+        guide, mask = load_inputs(self.connection, job, model)
+        params = EditParams(t0=job.t0, steps=job.steps, sampler=job.sampler, eta=job.eta,
+                            repeats=job.repeats)
+        running = self.engine.admit(job.id, job.model, guide, mask, params, job.samples, job.seed)
+        self.contracts[job.id] = job
+        self.progress.update(job.id, 0, running.total)
+
+    def step(self) -> list[tuple[str, dict[str, Any] | BaseException]]:
+        try:
+            finished = self.engine.step()
+        except Exception as exc:  # a failing forward fails the jobs that were in it
+            log.exception("engine step failed")
+            outcomes: list[tuple[str, dict[str, Any] | BaseException]] = []
+            for job_id in list(self.engine.jobs):
+                self.drop(job_id)
+                outcomes.append((job_id, exc))
+            return outcomes
+        for job in self.engine.jobs.values():
+            self.progress.update(job.id, job.done, job.total)
+        outcomes = []
+        for job in finished:
+            contract = self.contracts.pop(job.id)
+            try:
+                summary = store_results(self.connection, contract, job.results,
+                                        self.settings.result_ttl_s)
+                self.progress.update(job.id, job.total, job.total)
+                outcomes.append((job.id, summary))
+            except Exception as exc:
+                outcomes.append((job.id, exc))
+        return outcomes
+
+    def canceled(self, job_ids: Iterable[str]) -> list[str]:
+        ids = list(job_ids)
+        if not ids:
+            return []
+        flags = self.connection.mget([cancel_key(i) for i in ids])
+        return [i for i, flag in zip(ids, flags, strict=True) if flag is not None]
+
+    def drop(self, job_id: str) -> None:
+        self.engine.cancel(job_id)
+        self.contracts.pop(job_id, None)
+
+
+def build_engine(settings: Settings) -> Engine:
+    device = pick_device(settings.device)
+    models = {}
+    for name in settings.models:
+        model = load_model(name, device=device)
+        warm_up(model)
+        models[name] = model
+        log.info("loaded %s: %s, %d px, on %s", name, model.sde.family.upper(), model.resolution,
+                 device)
+    return Engine(models, max_batch=settings.max_batch)
+
+
+def run_worker(settings: Settings, connection: Redis, burst: bool = False) -> bool:
+    from worker.rq_adapter import BatchWorker
+
+    engine = build_engine(settings)
+    runner = JobRunner(engine, connection, settings)
+    worker = BatchWorker(settings.models, runner, connection=connection)
+    return worker.work(burst=burst)

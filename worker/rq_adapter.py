@@ -1,0 +1,228 @@
+"""Everything the project needs from RQ, in one module. Tested with rq 3.0 (pinned >=3.0,<3.1).
+
+Jobs travel as JSON (RQ's JSONSerializer), never pickle: the job's function is
+`worker.tasks.run_edit` and its one keyword argument is the `EditJob` contract as JSON.
+
+`BatchWorker` is an RQ worker whose loop keeps many jobs running at once: it pops a job when
+its engine has room, marks it started exactly as RQ's own workers do (execution, started
+registry, heartbeats), runs one engine step at a time, and finishes, fails or cancels each job
+through RQ's own bookkeeping, so `rq info` and rq-dashboard show the truth. A worker that is
+killed leaves its jobs in the started registry; RQ's registry cleanup (run by every worker's
+maintenance) then retries each once (Retry(max=1)) or fails it as abandoned.
+
+This module imports no torch: the API uses the enqueue and query helpers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from redis import Redis
+from rq import Queue, Retry
+from rq.exceptions import DequeueTimeout, InvalidJobOperation, NoSuchJobError
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+from rq.worker import SimpleWorker
+
+from service.contract import EditJob, queue_name
+
+TASK = "worker.tasks.run_edit"
+HEARTBEAT_EVERY_S = 5.0
+
+
+def queue_for(connection: Redis, model: str) -> Queue:
+    return Queue(queue_name(model), connection=connection, serializer=JSONSerializer)
+
+
+def enqueue_edit(connection: Redis, job: EditJob, result_ttl: int, timeout: int) -> Job:
+    """Put a validated job on its model's queue; retried once if its worker dies."""
+    return queue_for(connection, job.model).enqueue(
+        TASK, job=job.model_dump(mode="json"), job_id=job.id, result_ttl=result_ttl,
+        failure_ttl=result_ttl, job_timeout=timeout, retry=Retry(max=1),
+        description=f"sdedit {job.model} t0={job.t0} samples={job.samples}")
+
+
+def queue_depth(connection: Redis, model: str) -> int:
+    return queue_for(connection, model).count
+
+
+def fetch(connection: Redis, job_id: str) -> Job | None:
+    try:
+        return Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+    except NoSuchJobError:
+        return None
+
+
+def contract_of(job: Job) -> EditJob:
+    return EditJob.model_validate(job.kwargs["job"])
+
+
+def status_of(job: Job) -> str:
+    """queued, started, finished, failed or canceled (deferred/scheduled count as queued)."""
+    status = job.get_status(refresh=True)
+    if status in (JobStatus.STARTED, JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED):
+        return str(status.value)
+    if status == JobStatus.STOPPED:
+        return "canceled"
+    return "queued"
+
+
+def position(connection: Redis, job: Job) -> int | None:
+    return queue_for(connection, contract_of(job).model).get_job_position(job.id)
+
+
+def cancel_queued(job: Job) -> bool:
+    """Cancel a job that has not started; False if it already left the queue."""
+    if job.get_status(refresh=True) not in (JobStatus.QUEUED, JobStatus.DEFERRED,
+                                             JobStatus.SCHEDULED):
+        return False
+    try:
+        job.cancel()
+    except InvalidJobOperation:
+        return False
+    return True
+
+
+def failure_reason(job: Job) -> str | None:
+    result = job.latest_result()
+    if result is None or not result.exc_string:
+        return None
+    lines = [line for line in result.exc_string.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else None
+
+
+class Runner(Protocol):
+    """The engine side of a BatchWorker (see worker.main.JobRunner)."""
+
+    def room(self, model: str) -> bool: ...
+
+    def admit(self, job: EditJob) -> None: ...
+
+    def step(self) -> list[tuple[str, dict[str, Any] | BaseException]]: ...
+
+    def canceled(self, job_ids: Iterable[str]) -> list[str]: ...
+
+    def drop(self, job_id: str) -> None: ...
+
+
+@dataclass
+class Running:
+    job: Job
+    queue: Queue
+    execution: Execution
+    started: float
+    last_heartbeat: float
+
+
+class JobCanceled(Exception):
+    pass
+
+
+class BatchWorker(SimpleWorker):
+    """An RQ worker that keeps many jobs in flight through a batching Runner."""
+
+    def __init__(self, models: list[str], runner: Runner, connection: Redis, **kwargs: Any) -> None:
+        super().__init__([queue_for(connection, m) for m in models], connection=connection,
+                         serializer=JSONSerializer, **kwargs)
+        self.runner = runner
+        self.running: dict[str, Running] = {}
+
+    def work(self, burst: bool = False, logging_level: str = "INFO", **_: Any) -> bool:  # type: ignore[override]
+        """Run until stopped (or, with burst, until the queues are empty and all jobs done)."""
+        self.bootstrap(logging_level)
+        self._install_signal_handlers()
+        worked = False
+        try:
+            while True:
+                if self.should_run_maintenance_tasks:
+                    self.run_maintenance_tasks()
+                if self._stop_requested and not self.running:
+                    break
+                admitted = 0 if self._stop_requested else self._admit(block=not self.running and not burst)
+                worked |= admitted > 0
+                if not self.running:
+                    if burst and admitted == 0:
+                        break
+                    continue
+                self._check_cancel_and_timeouts()
+                self._finish(self.runner.step())
+                self._heartbeats()
+        finally:
+            self.teardown()
+        return worked
+
+    def _admit(self, block: bool) -> int:
+        """Pop jobs while the runner has room for them; block briefly only when idle."""
+        admitted = 0
+        for queue in self.queues:
+            model = queue.name.split(":", 1)[1]
+            while self.runner.room(model):
+                try:
+                    result = Queue.dequeue_any([queue], timeout=self.dequeue_timeout if block else None,
+                                               connection=self.connection, serializer=self.serializer)
+                except DequeueTimeout:
+                    result = None
+                if result is None:
+                    break
+                job, queue = result
+                self._start(job, queue)
+                admitted += 1
+                block = False
+        return admitted
+
+    def _start(self, job: Job, queue: Queue) -> None:
+        execution = self.prepare_execution(job)
+        self.prepare_job_execution(job, remove_from_intermediate_queue=True)
+        now = time.monotonic()
+        self.running[job.id] = Running(job, queue, execution, now, now)
+        try:
+            self.runner.admit(contract_of(job))
+        except Exception as exc:  # bad inputs or an expired upload: this job fails, others go on
+            self._finish([(job.id, exc)])
+
+    def _check_cancel_and_timeouts(self) -> None:
+        now = time.monotonic()
+        for job_id in self.runner.canceled(list(self.running)):
+            self.runner.drop(job_id)
+            self._cancel(self.running.pop(job_id))
+        for job_id, run in list(self.running.items()):
+            timeout = run.job.timeout
+            if timeout and timeout > 0 and now - run.started > timeout:
+                self.runner.drop(job_id)
+                self._finish([(job_id, TimeoutError(f"job exceeded its timeout of {timeout} s"))])
+
+    def _finish(self, outcomes: list[tuple[str, dict[str, Any] | BaseException]]) -> None:
+        for job_id, outcome in outcomes:
+            run = self.running.pop(job_id, None)
+            if run is None:
+                continue
+            if isinstance(outcome, BaseException):
+                exc_info = (type(outcome), outcome, outcome.__traceback__)
+                self.log.warning("Job %s failed: %s", job_id,
+                                 "".join(traceback.format_exception_only(outcome)).strip())
+                self._finalize_failure(run.job, run.queue, run.execution, exc_info)
+            else:
+                self._finalize_success(run.job, run.queue, run.execution, outcome)
+        if not self.running:
+            self.set_state("idle")
+
+    def _cancel(self, run: Running) -> None:
+        with self.connection.pipeline() as pipeline:
+            self.cleanup_execution(run.job, pipeline=pipeline, execution=run.execution)
+            pipeline.execute()
+        with contextlib.suppress(InvalidJobOperation):  # canceled twice: already done
+            run.job.cancel()
+        self.log.info("Job %s canceled while running", run.job.id)
+
+    def _heartbeats(self) -> None:
+        now = time.monotonic()
+        for run in self.running.values():
+            if now - run.last_heartbeat >= HEARTBEAT_EVERY_S:
+                self.maintain_heartbeats(run.job, run.execution)
+                run.last_heartbeat = now
