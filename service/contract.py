@@ -66,3 +66,8 @@ def progress_key(job_id: str) -> str:
 
 def cancel_key(job_id: str) -> str:
     return f"{KEY_PREFIX}:cancel:{job_id}"
+
+
+def model_info_key(model: str) -> str:
+    """Published by every worker that serves the model (expires when none is alive)."""
+    return f"{KEY_PREFIX}:model:{model}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -11,13 +12,14 @@ from redis import Redis
 
 from models.loader import load_model
 from models.network import ScoreModel
-from models.sdedit import EditParams
-from service.contract import EditJob, cancel_key
+from models.sdedit import DEFAULT_SAMPLER, SAMPLERS, EditParams
+from service.contract import EditJob, cancel_key, model_info_key
 from service.settings import Settings
 from worker.engine import Engine
 from worker.jobio import ProgressWriter, load_inputs, store_results
 
 log = logging.getLogger("sdedit.worker")
+MODEL_INFO_TTL_S = 30
 
 
 def pick_device(name: str) -> str:
@@ -91,6 +93,17 @@ class JobRunner:
     def drop(self, job_id: str) -> None:
         self.engine.cancel(job_id)
         self.contracts.pop(job_id, None)
+
+    def publish(self) -> None:
+        """Tell the API which models this worker serves, with their defaults (expires if we die)."""
+        for name, model in self.engine.models.items():
+            family = model.sde.family
+            info = {"name": name, "available": True, "resolution": model.resolution,
+                    "channels": model.channels, "family": family,
+                    "samplers": list(SAMPLERS[family]), "default_sampler": DEFAULT_SAMPLER[family],
+                    "levels": model.sde.num_levels, "max_batch": self.engine.max_batch,
+                    "defaults": {"t0": 0.5, "steps": None, "repeats": 1, "eta": 0.0}}
+            self.connection.set(model_info_key(name), json.dumps(info), ex=MODEL_INFO_TTL_S)
 
 
 def build_engine(settings: Settings) -> Engine:

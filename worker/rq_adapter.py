@@ -34,6 +34,7 @@ from service.contract import EditJob, queue_name
 
 TASK = "worker.tasks.run_edit"
 HEARTBEAT_EVERY_S = 5.0
+IDLE_POLL_S = 5  # an idle worker wakes this often to publish that it is alive
 
 
 def queue_for(connection: Redis, model: str) -> Queue:
@@ -110,6 +111,8 @@ class Runner(Protocol):
 
     def drop(self, job_id: str) -> None: ...
 
+    def publish(self) -> None: ...
+
 
 @dataclass
 class Running:
@@ -132,6 +135,7 @@ class BatchWorker(SimpleWorker):
                          serializer=JSONSerializer, **kwargs)
         self.runner = runner
         self.running: dict[str, Running] = {}
+        self.last_publish = -HEARTBEAT_EVERY_S
 
     def work(self, burst: bool = False, logging_level: str = "INFO", **_: Any) -> bool:  # type: ignore[override]
         """Run until stopped (or, with burst, until the queues are empty and all jobs done)."""
@@ -142,6 +146,10 @@ class BatchWorker(SimpleWorker):
             while True:
                 if self.should_run_maintenance_tasks:
                     self.run_maintenance_tasks()
+                if time.monotonic() - self.last_publish >= HEARTBEAT_EVERY_S:
+                    self.runner.publish()
+                    self.heartbeat()
+                    self.last_publish = time.monotonic()
                 if self._stop_requested and not self.running:
                     break
                 admitted = 0 if self._stop_requested else self._admit(block=not self.running and not burst)
@@ -164,7 +172,7 @@ class BatchWorker(SimpleWorker):
             model = queue.name.split(":", 1)[1]
             while self.runner.room(model):
                 try:
-                    result = Queue.dequeue_any([queue], timeout=self.dequeue_timeout if block else None,
+                    result = Queue.dequeue_any([queue], timeout=IDLE_POLL_S if block else None,
                                                connection=self.connection, serializer=self.serializer)
                 except DequeueTimeout:
                     result = None

@@ -1,0 +1,182 @@
+"""The HTTP API against a real (embedded) Redis and a real batching worker with a tiny model."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.app import create_app
+from service.settings import Settings
+
+KEY, OTHER_KEY = "key-alice", "key-bob"
+
+
+def png(size: tuple[int, int] = (24, 24), colour: tuple[int, int, int] = (200, 40, 40),
+        mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, colour if mode == "RGB" else 255).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def service(vp_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    settings = Settings(data_dir=tmp_path_factory.mktemp("redis"), models=[str(vp_dir)],
+                        api_keys=[KEY, OTHER_KEY], max_samples=4, max_batch=8,
+                        max_upload_bytes=200_000, max_pixels=1000 * 1000, max_queue_depth=5)
+    with TestClient(create_app(settings)) as client:
+        client.headers["Authorization"] = f"Bearer {KEY}"
+        yield client, settings
+
+
+@pytest.fixture()
+def client(service):
+    client, settings = service
+    client.app.state.redis.flushall()
+    return client
+
+
+@pytest.fixture()
+def settings(service):
+    return service[1]
+
+
+@pytest.fixture(scope="module")
+def runner(service):
+    """A worker's engine on the same Redis, driven in-process (burst) by the tests."""
+    from worker.main import JobRunner, build_engine
+
+    client, settings = service
+    return JobRunner(build_engine(settings), client.app.state.redis, settings)
+
+
+def run_worker(runner, settings) -> None:
+    from worker.rq_adapter import BatchWorker
+
+    BatchWorker(settings.models, runner, connection=runner.connection).work(burst=True)
+
+
+def submit(client, settings, **fields):
+    files = {"image": ("guide.png", fields.pop("image", png()), "image/png")}
+    if "mask" in fields:
+        files["mask"] = ("mask.png", fields.pop("mask"), "image/png")
+    data = {"model": settings.models[0], "t0": "0.3", "steps": "5", **fields}
+    return client.post("/v1/edits", data=data, files=files)
+
+
+def test_submit_run_and_fetch_results(client, settings, runner):
+    response = submit(client, settings, samples="2", seed="4")
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    queued = client.get(f"/v1/edits/{job_id}").json()
+    assert queued["status"] == "queued" and queued["position"] == 0
+    run_worker(runner, settings)
+    done = client.get(f"/v1/edits/{job_id}").json()
+    assert done["status"] == "finished"
+    assert done["progress"] == {"step": 5, "total": 5}
+    assert done["links"]["images"] == [f"/v1/edits/{job_id}/images/0",
+                                       f"/v1/edits/{job_id}/images/1"]
+    image = client.get(f"/v1/edits/{job_id}/images/1")
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    with Image.open(io.BytesIO(image.content)) as result:
+        assert result.size == (16, 16) and result.mode == "RGB"
+    assert client.get(f"/v1/edits/{job_id}/images/2").status_code == 404
+
+
+def test_json_submission_with_mask_and_webp_output(client, settings, runner):
+    mask = png(mode="L")
+    body = {"image": base64.b64encode(png()).decode(), "mask": base64.b64encode(mask).decode(),
+            "model": settings.models[0], "t0": 0.2, "steps": 4, "output_format": "webp"}
+    response = client.post("/v1/edits", json=body)
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    run_worker(runner, settings)
+    image = client.get(f"/v1/edits/{job_id}/images/0")
+    assert image.headers["content-type"] == "image/webp"
+    assert Image.open(io.BytesIO(image.content)).format == "WEBP"
+
+
+@pytest.mark.parametrize("change,status,message", [
+    ({"image": b"not an image"}, 415, "image: not a recognised image"),
+    ({"image": b"x" * 200_001}, 413, "exceeds the limit"),
+    ({"image": png((2000, 2000))}, 413, "pixels exceeds the limit"),
+    ({"mask": png((10, 10), mode="L")}, 422, "mask: 10x10 does not match the image's 24x24"),
+    ({"t0": "1.5"}, 422, "t0: Input should be less than or equal to 1"),
+    ({"t0": "abc"}, 422, "t0"),
+    ({"steps": "0"}, 422, "steps"),
+    ({"samples": "5"}, 422, "samples: at most 4 per job"),
+    ({"sampler": "euler"}, 422, "sampler"),
+    ({"model": "nope"}, 404, "unknown model 'nope'"),
+    ({"colour": "red"}, 422, "unknown field(s): colour"),
+])
+def test_bad_inputs_get_4xx_json_naming_the_problem(client, settings, change, status, message):
+    response = submit(client, settings, **change)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["status"] == status and message in error["message"]
+
+
+def test_bad_bodies(client, settings):
+    assert client.post("/v1/edits", content=b"x", headers={"content-type": "text/plain"}
+                       ).status_code == 415
+    bad_json = client.post("/v1/edits", content=b"{", headers={"content-type": "application/json"})
+    assert bad_json.status_code == 422 and "not valid JSON" in bad_json.json()["error"]["message"]
+    bad_b64 = client.post("/v1/edits", json={"image": "###", "model": settings.models[0]})
+    assert bad_b64.status_code == 422 and "base64" in bad_b64.json()["error"]["message"]
+    no_image = client.post("/v1/edits", data={"t0": "0.5"}, files={"other": ("a", b"b")})
+    assert no_image.status_code == 422
+
+
+def test_full_queue_answers_429_with_retry_after(client, settings):
+    for _ in range(settings.max_queue_depth):
+        assert submit(client, settings).status_code == 202
+    response = submit(client, settings)
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == str(settings.retry_after_s)
+
+
+def test_api_keys_and_job_isolation(client, settings):
+    job_id = submit(client, settings).json()["id"]
+    assert client.get(f"/v1/edits/{job_id}", headers={"Authorization": ""}).status_code == 401
+    wrong = client.get(f"/v1/edits/{job_id}", headers={"Authorization": "Bearer wrong"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["message"] == "unknown API key"
+    other = {"Authorization": f"Bearer {OTHER_KEY}"}
+    assert client.get(f"/v1/edits/{job_id}", headers=other).status_code == 404
+    assert client.delete(f"/v1/edits/{job_id}", headers=other).status_code == 404
+    assert client.get(f"/v1/edits/{job_id}/images/0", headers=other).status_code == 404
+
+
+def test_cancel_a_queued_job(client, settings, runner):
+    job_id = submit(client, settings).json()["id"]
+    assert client.delete(f"/v1/edits/{job_id}").json()["status"] == "canceled"
+    run_worker(runner, settings)
+    assert client.get(f"/v1/edits/{job_id}").json()["status"] == "canceled"
+    assert client.delete(f"/v1/edits/{job_id}").status_code == 409
+
+
+def test_models_and_readiness_follow_the_workers(client, settings, runner):
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/v1/models").json()["models"][0]["available"] is False
+    runner.publish()
+    assert client.get("/readyz").json() == {"status": "ready"}
+    info = client.get("/v1/models").json()["models"][0]
+    assert info["family"] == "vp" and info["resolution"] == 16 and info["default_sampler"] == "ancestral"
+
+
+def test_metrics_count_requests_and_queue_depth(client, settings):
+    submit(client, settings)
+    text = client.get("/metrics").text
+    assert 'sdedit_api_requests_total{method="POST",route="/v1/edits",status="202"}' in text
+    assert "sdedit_queue_depth" in text and "sdedit_api_request_seconds_bucket" in text
+
+
+def test_redis_down_is_503(settings, tmp_path):
+    down = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    with TestClient(create_app(down)) as client:
+        client.headers["Authorization"] = f"Bearer {KEY}"
+        response = submit(client, down)
+    assert response.status_code == 503 and "Redis" in response.json()["error"]["message"]
