@@ -6,10 +6,18 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from cli import edit
+from cli import edit, serve, submit
 
 # Each subcommand module has add_arguments(parser) and run(args) -> exit code.
-COMMANDS = {"edit": edit}
+COMMANDS = {"edit": edit, "submit": submit, "up": serve, "api": serve, "worker": serve}
+
+
+HELP = {
+    "up": "Start everything on this machine: Redis (embedded unless SDEDIT_REDIS_URL), the API "
+          "and one worker.",
+    "api": "Run the HTTP API (configured by SDEDIT_* environment variables).",
+    "worker": "Run a worker that holds the models and batches jobs (SDEDIT_* variables).",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,8 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "equations (Meng et al., ICLR 2022).")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module in COMMANDS.items():
-        doc = (module.__doc__ or "").strip().splitlines()[0]
-        module.add_arguments(sub.add_parser(name, help=doc, description=doc))
+        doc = HELP.get(name) or (module.__doc__ or "").strip().splitlines()[0]
+        command = sub.add_parser(name, help=doc, description=doc)
+        module.add_arguments(command)
+        if module is serve:
+            command.set_defaults(part=name)
     return parser
 
 

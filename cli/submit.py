@@ -1,0 +1,61 @@
+"""Submit an edit to a running service, optionally wait for it and download the results."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from cli.edit import _positive, _t0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("guide", type=Path, help="guide image")
+    parser.add_argument("--mask", type=Path, help="mask image: white may change, black is kept")
+    parser.add_argument("--t0", type=_t0, default=0.5, help="noise strength in (0, 1]")
+    parser.add_argument("--steps", type=_positive)
+    parser.add_argument("--sampler", choices=["ancestral", "ddim", "pc"])
+    parser.add_argument("--eta", type=float)
+    parser.add_argument("--repeats", type=_positive)
+    parser.add_argument("-n", "--samples", type=_positive, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", help="served model name (default: the service's default)")
+    parser.add_argument("--format", dest="output_format", choices=["png", "webp"])
+    parser.add_argument("--url", default=os.environ.get("SDEDIT_URL", "http://127.0.0.1:8000"))
+    parser.add_argument("--api-key", default=os.environ.get("SDEDIT_API_KEY"))
+    parser.add_argument("--wait", action="store_true", help="wait with a progress bar, then download")
+    parser.add_argument("-o", "--out", type=Path, default=Path("."), help="output folder (with --wait)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import httpx
+
+    from service.client import SDEditClient, ServiceError
+
+    for path in (args.guide, args.mask):
+        if path is not None and not path.is_file():
+            print(f"sdedit: error: {path}: no such file", file=sys.stderr)
+            return 2
+    params = {k: getattr(args, k) for k in ("t0", "steps", "sampler", "eta", "repeats", "samples",
+                                            "seed", "model", "output_format")}
+    try:
+        with SDEditClient(args.url, args.api_key) as client:
+            job_id = client.submit(args.guide, args.mask, **params)
+            print(job_id)
+            if not args.wait:
+                return 0
+            state = client.wait(job_id)
+            if state["status"] != "finished":
+                print(f"sdedit: job {job_id} {state['status']}: {state.get('error') or ''}",
+                      file=sys.stderr)
+                return 1
+            for path in client.download(job_id, args.out, args.guide.stem):
+                print(path)
+    except ServiceError as exc:
+        print(f"sdedit: error: {exc.message} (HTTP {exc.status})", file=sys.stderr)
+        return 2
+    except httpx.TransportError as exc:
+        print(f"sdedit: error: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 2
+    return 0
