@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     max_batch: int = Field(16, description="worker: samples per network forward")
     progress_interval_s: float = Field(0.25, description="worker: progress writes at most this often")
     device: str = Field("auto", description="worker: cpu, cuda, cuda:1, auto")
+    heartbeat_s: float = Field(10.0, description="worker: heartbeat period; a dead worker's jobs "
+                                                 "are retried about 3 periods after its last")
+    maintenance_s: int = Field(60, description="worker: how often it recovers abandoned jobs")
+    metrics_port: int = Field(9100, description="worker: Prometheus port (0 = off)")
     host: str = Field("127.0.0.1", description="API bind address")
     port: int = Field(8000, description="API port")
 

@@ -123,5 +123,6 @@ def run_worker(settings: Settings, connection: Redis, burst: bool = False) -> bo
 
     engine = build_engine(settings)
     runner = JobRunner(engine, connection, settings)
-    worker = BatchWorker(settings.models, runner, connection=connection)
+    worker = BatchWorker(settings.models, runner, connection=connection,
+                         heartbeat_s=settings.heartbeat_s, maintenance_interval=settings.maintenance_s)
     return worker.work(burst=burst)

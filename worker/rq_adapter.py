@@ -16,6 +16,7 @@ This module imports no torch: the API uses the enqueue and query helpers.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import traceback
 from collections.abc import Iterable
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue, Retry
 from rq.exceptions import DequeueTimeout, InvalidJobOperation, NoSuchJobError
 from rq.executions import Execution
@@ -33,7 +35,6 @@ from rq.worker import SimpleWorker
 from service.contract import EditJob, queue_name
 
 TASK = "worker.tasks.run_edit"
-HEARTBEAT_EVERY_S = 5.0
 IDLE_POLL_S = 5  # an idle worker wakes this often to publish that it is alive
 
 
@@ -120,7 +121,6 @@ class Running:
     queue: Queue
     execution: Execution
     started: float
-    last_heartbeat: float
 
 
 class JobCanceled(Exception):
@@ -130,23 +130,37 @@ class JobCanceled(Exception):
 class BatchWorker(SimpleWorker):
     """An RQ worker that keeps many jobs in flight through a batching Runner."""
 
-    def __init__(self, models: list[str], runner: Runner, connection: Redis, **kwargs: Any) -> None:
+    def __init__(self, models: list[str], runner: Runner, connection: Redis,
+                 heartbeat_s: float = 10.0, maintenance_interval: int = 60, **kwargs: Any) -> None:
         super().__init__([queue_for(connection, m) for m in models], connection=connection,
-                         serializer=JSONSerializer, **kwargs)
+                         serializer=JSONSerializer, maintenance_interval=maintenance_interval,
+                         **kwargs)
         self.runner = runner
         self.running: dict[str, Running] = {}
-        self.last_publish = -HEARTBEAT_EVERY_S
+        self.heartbeat_s = heartbeat_s
+        self.last_publish = -heartbeat_s
+        # Heartbeats come from a thread, so a network forward longer than the heartbeat TTL
+        # does not make running jobs look abandoned; the lock keeps a heartbeat from
+        # re-registering a job that the main thread is finishing.
+        self.lock = threading.Lock()
+        self.stop_beats = threading.Event()
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        """A killed worker's jobs are recovered this long after its last heartbeat."""
+        return int(3 * self.heartbeat_s) + 1
 
     def work(self, burst: bool = False, logging_level: str = "INFO", **_: Any) -> bool:  # type: ignore[override]
         """Run until stopped (or, with burst, until the queues are empty and all jobs done)."""
         self.bootstrap(logging_level)
         self._install_signal_handlers()
         worked = False
+        beats = threading.Thread(target=self._heartbeat_loop, name="heartbeats", daemon=True)
+        beats.start()
         try:
             while True:
                 if self.should_run_maintenance_tasks:
                     self.run_maintenance_tasks()
-                if time.monotonic() - self.last_publish >= HEARTBEAT_EVERY_S:
+                if time.monotonic() - self.last_publish >= self.heartbeat_s:
                     self.runner.publish()
                     self.heartbeat()
                     self.last_publish = time.monotonic()
@@ -160,8 +174,9 @@ class BatchWorker(SimpleWorker):
                     continue
                 self._check_cancel_and_timeouts()
                 self._finish(self.runner.step())
-                self._heartbeats()
         finally:
+            self.stop_beats.set()
+            beats.join()
             self.teardown()
         return worked
 
@@ -187,8 +202,8 @@ class BatchWorker(SimpleWorker):
     def _start(self, job: Job, queue: Queue) -> None:
         execution = self.prepare_execution(job)
         self.prepare_job_execution(job, remove_from_intermediate_queue=True)
-        now = time.monotonic()
-        self.running[job.id] = Running(job, queue, execution, now, now)
+        with self.lock:
+            self.running[job.id] = Running(job, queue, execution, time.monotonic())
         try:
             self.runner.admit(contract_of(job))
         except Exception as exc:  # bad inputs or an expired upload: this job fails, others go on
@@ -198,7 +213,8 @@ class BatchWorker(SimpleWorker):
         now = time.monotonic()
         for job_id in self.runner.canceled(list(self.running)):
             self.runner.drop(job_id)
-            self._cancel(self.running.pop(job_id))
+            with self.lock:
+                self._cancel(self.running.pop(job_id))
         for job_id, run in list(self.running.items()):
             timeout = run.job.timeout
             if timeout and timeout > 0 and now - run.started > timeout:
@@ -206,6 +222,10 @@ class BatchWorker(SimpleWorker):
                 self._finish([(job_id, TimeoutError(f"job exceeded its timeout of {timeout} s"))])
 
     def _finish(self, outcomes: list[tuple[str, dict[str, Any] | BaseException]]) -> None:
+        with self.lock:
+            self._finish_locked(outcomes)
+
+    def _finish_locked(self, outcomes: list[tuple[str, dict[str, Any] | BaseException]]) -> None:
         for job_id, outcome in outcomes:
             run = self.running.pop(job_id, None)
             if run is None:
@@ -228,9 +248,11 @@ class BatchWorker(SimpleWorker):
             run.job.cancel()
         self.log.info("Job %s canceled while running", run.job.id)
 
-    def _heartbeats(self) -> None:
-        now = time.monotonic()
-        for run in self.running.values():
-            if now - run.last_heartbeat >= HEARTBEAT_EVERY_S:
-                self.maintain_heartbeats(run.job, run.execution)
-                run.last_heartbeat = now
+    def _heartbeat_loop(self) -> None:
+        while not self.stop_beats.wait(self.heartbeat_s):
+            with self.lock:
+                for run in list(self.running.values()):
+                    try:
+                        self.maintain_heartbeats(run.job, run.execution)
+                    except RedisError as exc:  # the main loop will meet the same outage
+                        self.log.warning("heartbeat of job %s failed: %s", run.job.id, exc)
