@@ -33,6 +33,7 @@ def service(vp_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         yield client, settings
 
 
+
 @pytest.fixture()
 def client(service):
     client, settings = service
@@ -172,6 +173,19 @@ def test_metrics_count_requests_and_queue_depth(client, settings):
     text = client.get("/metrics").text
     assert 'sdedit_api_requests_total{method="POST",route="/v1/edits",status="202"}' in text
     assert "sdedit_queue_depth" in text and "sdedit_api_request_seconds_bucket" in text
+
+
+def test_worker_metrics_record_jobs_batches_and_latency(client, settings, runner):
+    from prometheus_client import REGISTRY, generate_latest
+
+    submit(client, settings, samples="3")
+    run_worker(runner, settings)
+    text = generate_latest(REGISTRY).decode()
+    model = settings.models[0]
+    assert f'sdedit_worker_jobs_total{{model="{model}",outcome="finished"}}' in text
+    assert f'sdedit_worker_batch_occupancy_bucket{{le="4.0",model="{model}"}}' in text
+    for name in ("step_seconds", "job_seconds", "queue_wait_seconds", "model_load_seconds"):
+        assert f"sdedit_worker_{name}" in text
 
 
 def test_redis_down_is_503(settings, tmp_path):

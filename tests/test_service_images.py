@@ -67,6 +67,7 @@ def test_an_unaccepted_format_is_unsupported():
 
 
 def test_the_service_package_imports_no_torch():
-    code = ("import sys, service, service.contract, service.settings, service.images; "
+    code = ("import sys, service.app, service.client, service.contract, service.settings, "
+            "service.images, worker.rq_adapter, cli.main; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

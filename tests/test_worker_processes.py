@@ -45,7 +45,7 @@ def stack(vp_dir: Path, tmp_path: Path):
     with TestClient(create_app(settings)) as client:
         env = {**os.environ, "SDEDIT_REDIS_URL": socket_url(client.app.state.redis),
                "SDEDIT_MODELS": f'["{vp_dir}"]', "SDEDIT_HEARTBEAT_S": "1",
-               "SDEDIT_MAINTENANCE_S": "1", "OMP_NUM_THREADS": "1"}
+               "SDEDIT_MAINTENANCE_S": "1", "SDEDIT_METRICS_PORT": "0", "OMP_NUM_THREADS": "1"}
 
         def start_worker() -> subprocess.Popen:
             worker = subprocess.Popen([sys.executable, "-m", "cli", "worker"], env=env,

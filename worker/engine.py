@@ -8,6 +8,7 @@ jobs leave at once. Nothing here knows about Redis or RQ.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -82,16 +83,20 @@ class Engine:
         return any(batch.active for batch in self.batches.values())
 
     @torch.inference_mode()
-    def step(self, on_forward: Callable[[str, int], None] | None = None) -> list[EngineJob]:
-        """One iteration of every model with active slots; returns the jobs that finished."""
+    def step(self, on_forward: Callable[[str, int, float], None] | None = None) -> list[EngineJob]:
+        """One iteration of every model with active slots; returns the jobs that finished.
+
+        on_forward(model, slots, seconds) is called after each model's iteration.
+        """
         finished = []
         for name, batch in self.batches.items():
             if not batch.active:
                 continue
             occupancy = len(batch.active)
+            start = time.perf_counter()
             batch.step()
             if on_forward is not None:
-                on_forward(name, occupancy)
+                on_forward(name, occupancy, time.perf_counter() - start)
             batch.pop_finished()
             for job_id in [j for j, job in self.jobs.items() if job.model == name and job.finished]:
                 job = self.jobs.pop(job_id)

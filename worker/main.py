@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 import torch
@@ -15,6 +17,7 @@ from models.network import ScoreModel
 from models.sdedit import DEFAULT_SAMPLER, SAMPLERS, EditParams
 from service.contract import EditJob, cancel_key, model_info_key
 from service.settings import Settings
+from worker import metrics
 from worker.engine import Engine
 from worker.jobio import ProgressWriter, load_inputs, store_results
 
@@ -51,6 +54,8 @@ class JobRunner:
                                                     self.engine.max_batch)
 
     def admit(self, job: EditJob) -> None:
+        metrics.QUEUE_WAIT_SECONDS.labels(job.model).observe(
+            (datetime.now(UTC) - job.created_at).total_seconds())
         model = self.engine.models[job.model]
         guide, mask = load_inputs(self.connection, job, model)
         params = EditParams(t0=job.t0, steps=job.steps, sampler=job.sampler, eta=job.eta,
@@ -61,7 +66,7 @@ class JobRunner:
 
     def step(self) -> list[tuple[str, dict[str, Any] | BaseException]]:
         try:
-            finished = self.engine.step()
+            finished = self.engine.step(on_forward=self._observe_forward)
         except Exception as exc:  # a failing forward fails the jobs that were in it
             log.exception("engine step failed")
             outcomes: list[tuple[str, dict[str, Any] | BaseException]] = []
@@ -82,6 +87,11 @@ class JobRunner:
             except Exception as exc:
                 outcomes.append((job.id, exc))
         return outcomes
+
+    @staticmethod
+    def _observe_forward(model: str, occupancy: int, seconds: float) -> None:
+        metrics.BATCH_OCCUPANCY.labels(model).observe(occupancy)
+        metrics.STEP_SECONDS.labels(model).observe(seconds)
 
     def canceled(self, job_ids: Iterable[str]) -> list[str]:
         ids = list(job_ids)
@@ -110,8 +120,10 @@ def build_engine(settings: Settings) -> Engine:
     device = pick_device(settings.device)
     models = {}
     for name in settings.models:
+        start = time.perf_counter()
         model = load_model(name, device=device)
         warm_up(model)
+        metrics.MODEL_LOAD_SECONDS.labels(name).set(time.perf_counter() - start)
         models[name] = model
         log.info("loaded %s: %s, %d px, on %s", name, model.sde.family.upper(), model.resolution,
                  device)
@@ -121,6 +133,13 @@ def build_engine(settings: Settings) -> Engine:
 def run_worker(settings: Settings, connection: Redis, burst: bool = False) -> bool:
     from worker.rq_adapter import BatchWorker
 
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(settings.metrics_port)
+        except OSError as exc:  # a busy port must not keep the worker from serving jobs
+            log.warning("no metrics endpoint on port %d: %s", settings.metrics_port, exc)
     engine = build_engine(settings)
     runner = JobRunner(engine, connection, settings)
     worker = BatchWorker(settings.models, runner, connection=connection,

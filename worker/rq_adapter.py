@@ -33,6 +33,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
 from service.contract import EditJob, queue_name
+from worker import metrics
 
 TASK = "worker.tasks.run_edit"
 IDLE_POLL_S = 5  # an idle worker wakes this often to publish that it is alive
@@ -204,6 +205,7 @@ class BatchWorker(SimpleWorker):
         self.prepare_job_execution(job, remove_from_intermediate_queue=True)
         with self.lock:
             self.running[job.id] = Running(job, queue, execution, time.monotonic())
+            metrics.ACTIVE_JOBS.set(len(self.running))
         try:
             self.runner.admit(contract_of(job))
         except Exception as exc:  # bad inputs or an expired upload: this job fails, others go on
@@ -230,13 +232,19 @@ class BatchWorker(SimpleWorker):
             run = self.running.pop(job_id, None)
             if run is None:
                 continue
+            model = contract_of(run.job).model
+            metrics.JOB_SECONDS.labels(model).observe(time.monotonic() - run.started)
             if isinstance(outcome, BaseException):
+                metrics.JOBS.labels(model, "failed").inc()
+                metrics.FAILURES.labels(model, type(outcome).__name__).inc()
                 exc_info = (type(outcome), outcome, outcome.__traceback__)
                 self.log.warning("Job %s failed: %s", job_id,
                                  "".join(traceback.format_exception_only(outcome)).strip())
                 self._finalize_failure(run.job, run.queue, run.execution, exc_info)
             else:
+                metrics.JOBS.labels(model, "finished").inc()
                 self._finalize_success(run.job, run.queue, run.execution, outcome)
+        metrics.ACTIVE_JOBS.set(len(self.running))
         if not self.running:
             self.set_state("idle")
 
@@ -246,6 +254,7 @@ class BatchWorker(SimpleWorker):
             pipeline.execute()
         with contextlib.suppress(InvalidJobOperation):  # canceled twice: already done
             run.job.cancel()
+        metrics.JOBS.labels(contract_of(run.job).model, "canceled").inc()
         self.log.info("Job %s canceled while running", run.job.id)
 
     def _heartbeat_loop(self) -> None:

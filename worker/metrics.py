@@ -1,0 +1,20 @@
+"""Prometheus metrics of a worker process (served on SDEDIT_METRICS_PORT)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+BATCH_OCCUPANCY = Histogram("sdedit_worker_batch_occupancy", "slots (samples) per network forward",
+                            ["model"], buckets=(1, 2, 4, 8, 12, 16, 24, 32, 48, 64))
+STEP_SECONDS = Histogram("sdedit_worker_step_seconds", "one engine iteration (forward + update)",
+                         ["model"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+                                             30))
+JOB_SECONDS = Histogram("sdedit_worker_job_seconds", "job run time, start to result",
+                        ["model"], buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900))
+QUEUE_WAIT_SECONDS = Histogram("sdedit_worker_queue_wait_seconds", "enqueue to start",
+                               ["model"], buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300))
+JOBS = Counter("sdedit_worker_jobs_total", "jobs that ended, by outcome", ["model", "outcome"])
+FAILURES = Counter("sdedit_worker_failures_total", "failed jobs by reason", ["model", "reason"])
+MODEL_LOAD_SECONDS = Gauge("sdedit_worker_model_load_seconds", "time to load and warm up",
+                           ["model"])
+ACTIVE_JOBS = Gauge("sdedit_worker_active_jobs", "jobs running in the engine")
