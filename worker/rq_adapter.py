@@ -36,6 +36,7 @@ from service.contract import EditJob, queue_name
 from worker import metrics
 
 TASK = "worker.tasks.run_edit"
+TERMINAL = ("finished", "failed", "canceled")
 IDLE_POLL_S = 5  # an idle worker wakes this often to publish that it is alive
 
 
