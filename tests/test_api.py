@@ -188,6 +188,59 @@ def test_worker_metrics_record_jobs_batches_and_latency(client, settings, runner
         assert f"sdedit_worker_{name}" in text
 
 
+def test_rq_registries_show_the_truth(client, settings, runner):
+    from rq.registry import (
+        CanceledJobRegistry,
+        FailedJobRegistry,
+        FinishedJobRegistry,
+        StartedJobRegistry,
+    )
+
+    from worker import rq_adapter
+
+    connection = client.app.state.redis
+    done = submit(client, settings).json()["id"]
+    canceled = submit(client, settings).json()["id"]
+    client.delete(f"/v1/edits/{canceled}")
+    connection.delete(f"sdedit:input:{submit(client, settings).json()['id']}:guide")  # lost input
+    run_worker(runner, settings)
+    queue = rq_adapter.queue_for(connection, settings.models[0])
+    assert FinishedJobRegistry(queue=queue).get_job_ids() == [done]
+    assert CanceledJobRegistry(queue=queue).get_job_ids() == [canceled]
+    failed = FailedJobRegistry(queue=queue).get_job_ids()
+    assert len(failed) == 1
+    assert StartedJobRegistry(queue=queue).get_job_ids() == [] and queue.count == 0
+    error = client.get(f"/v1/edits/{failed[0]}").json()["error"]
+    assert "no longer stored" in error
+
+
+def test_jobs_travel_as_json_not_pickle(client, settings):
+    import json
+    import zlib
+
+    job_id = submit(client, settings).json()["id"]
+    raw = client.app.state.redis.hget(f"rq:job:{job_id}", "data")
+    payload = json.loads(zlib.decompress(raw))
+    assert payload[0] == "worker.tasks.run_edit" and payload[3]["job"]["id"] == job_id
+
+
+def test_a_job_over_its_timeout_fails_with_the_reason(client, settings, runner):
+    from datetime import UTC, datetime
+
+    from service.contract import EditJob, input_key
+    from worker import rq_adapter
+
+    connection = client.app.state.redis
+    job = EditJob(id="slow", owner="x", created_at=datetime.now(UTC), width=24, height=24,
+                  model=settings.models[0], t0=1.0)  # 1000 levels: far more than a second
+    connection.set(input_key(job.id, "guide"), png())
+    rq_adapter.enqueue_edit(connection, job, result_ttl=600, timeout=1)
+    run_worker(runner, settings)
+    rq_job = rq_adapter.fetch(connection, "slow")
+    assert rq_adapter.status_of(rq_job) == "failed"
+    assert "exceeded its timeout of 1 s" in rq_adapter.failure_reason(rq_job)
+
+
 def test_redis_down_is_503(settings, tmp_path):
     down = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
     with TestClient(create_app(down)) as client:

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Retry
-from rq.exceptions import DequeueTimeout, InvalidJobOperation, NoSuchJobError
+from rq.exceptions import DequeueTimeout, InvalidJobOperation, NoSuchJobError, StopRequested
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
@@ -140,6 +140,7 @@ class BatchWorker(SimpleWorker):
         self.runner = runner
         self.running: dict[str, Running] = {}
         self.heartbeat_s = heartbeat_s
+        self.worked = False
         self.last_publish = -heartbeat_s
         # Heartbeats come from a thread, so a network forward longer than the heartbeat TTL
         # does not make running jobs look abandoned; the lock keeps a heartbeat from
@@ -155,32 +156,39 @@ class BatchWorker(SimpleWorker):
         """Run until stopped (or, with burst, until the queues are empty and all jobs done)."""
         self.bootstrap(logging_level)
         self._install_signal_handlers()
-        worked = False
+        self.worked = False
         beats = threading.Thread(target=self._heartbeat_loop, name="heartbeats", daemon=True)
         beats.start()
         try:
             while True:
-                if self.should_run_maintenance_tasks:
-                    self.run_maintenance_tasks()
-                if time.monotonic() - self.last_publish >= self.heartbeat_s:
-                    self.runner.publish()
-                    self.heartbeat()
-                    self.last_publish = time.monotonic()
-                if self._stop_requested and not self.running:
-                    break
-                admitted = 0 if self._stop_requested else self._admit(block=not self.running and not burst)
-                worked |= admitted > 0
-                if not self.running:
-                    if burst and admitted == 0:
+                try:
+                    if not self._iteration(burst):
                         break
-                    continue
-                self._check_cancel_and_timeouts()
-                self._finish(self.runner.step())
+                except StopRequested:  # raised by RQ's signal handler while we wait idle
+                    break
         finally:
             self.stop_beats.set()
             beats.join()
             self.teardown()
-        return worked
+        return self.worked
+
+    def _iteration(self, burst: bool) -> bool:
+        """Maintenance, admission and one engine step; False when the worker should stop."""
+        if self.should_run_maintenance_tasks:
+            self.run_maintenance_tasks()
+        if time.monotonic() - self.last_publish >= self.heartbeat_s:
+            self.runner.publish()
+            self.heartbeat()
+            self.last_publish = time.monotonic()
+        if self._stop_requested and not self.running:
+            return False
+        admitted = 0 if self._stop_requested else self._admit(block=not self.running and not burst)
+        self.worked |= admitted > 0
+        if not self.running:
+            return not (burst and admitted == 0)
+        self._check_cancel_and_timeouts()
+        self._finish(self.runner.step())
+        return True
 
     def _admit(self, block: bool) -> int:
         """Pop jobs while the runner has room for them; block briefly only when idle."""
