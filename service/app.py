@@ -42,6 +42,7 @@ from service.contract import (
 )
 from service.images import ImageRejected, inspect_image
 from service.redis_conn import connect
+from service.schemas import Accepted, Cancellation, EditStatus, ErrorBody
 from service.settings import Settings, get_settings
 from worker import rq_adapter
 
@@ -207,7 +208,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(error_body(503, "the job store (Redis) is unreachable; retry later"),
                             status_code=503, headers={"Retry-After": str(settings.retry_after_s)})
 
-    @app.post("/v1/edits", status_code=202, openapi_extra={"requestBody": {"content": {
+    errors = {code: {"model": ErrorBody} for code in (401, 404, 409, 413, 415, 422, 429, 503)}
+
+    @app.post("/v1/edits", status_code=202, response_model=Accepted, responses=errors,
+              openapi_extra={"requestBody": {"content": {
         "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
             "image": {"type": "string", "format": "binary"},
             "mask": {"type": "string", "format": "binary",
@@ -218,7 +222,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "mask": {"type": "string", "format": "byte"},
             **EditParameters.model_json_schema()["properties"]}},
             "example": {"image": "<base64 PNG>", "t0": 0.5, "samples": 2, "seed": 7}}}}})
-    async def submit(request: Request, owner: Owner, connection: RedisDep) -> dict[str, Any]:
+    async def submit(request: Request, owner: Owner, connection: RedisDep) -> Any:
         """Submit an edit: a guide image, an optional mask, and parameters. Answers 202."""
         fields, guide, mask = await read_submission(request, settings)
         params = parse_parameters(fields, settings)
@@ -247,8 +251,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.accepted.labels(params.model).inc()
         return {"id": job.id, "status": "queued", "links": job_links(job.id)}
 
-    @app.get("/v1/edits/{job_id}")
-    def status(job_id: str, owner: Owner, connection: RedisDep) -> dict[str, Any]:
+    @app.get("/v1/edits/{job_id}", response_model=EditStatus, responses=errors)
+    def status(job_id: str, owner: Owner, connection: RedisDep) -> Any:
         """Status, progress, queue position, timestamps, result links and error of a job."""
         job, contract = owned_job(connection, job_id, owner)
         state = rq_adapter.status_of(job)
@@ -266,8 +270,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         }
         return body
 
-    @app.get("/v1/edits/{job_id}/images/{index}",
-             responses={200: {"content": {"image/png": {}, "image/webp": {}}}})
+    @app.get("/v1/edits/{job_id}/images/{index}", response_class=Response,
+             responses={200: {"content": {"image/png": {}, "image/webp": {}}}, **errors})
     def image(job_id: str, index: int, owner: Owner, connection: RedisDep) -> Response:
         """The index-th result image of a finished job (PNG, or WebP if requested)."""
         job, contract = owned_job(connection, job_id, owner)
@@ -281,8 +285,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ApiError(410, f"the results of job {job_id} have expired")
         return Response(data, media_type=MEDIA_TYPES[contract.output_format])
 
-    @app.delete("/v1/edits/{job_id}")
-    def cancel(job_id: str, owner: Owner, connection: RedisDep) -> dict[str, Any]:
+    @app.delete("/v1/edits/{job_id}", response_model=Cancellation, responses=errors)
+    def cancel(job_id: str, owner: Owner, connection: RedisDep) -> Any:
         """Cancel a queued job at once, or a running one within one sampler step."""
         job, _ = owned_job(connection, job_id, owner)
         state = rq_adapter.status_of(job)

@@ -247,3 +247,13 @@ def test_redis_down_is_503(settings, tmp_path):
         client.headers["Authorization"] = f"Bearer {KEY}"
         response = submit(client, down)
     assert response.status_code == 503 and "Redis" in response.json()["error"]["message"]
+
+
+def test_openapi_documents_both_submission_forms_and_errors(client):
+    spec = client.get("/openapi.json").json()
+    submit_op = spec["paths"]["/v1/edits"]["post"]
+    content = submit_op["requestBody"]["content"]
+    assert {"multipart/form-data", "application/json"} <= set(content)
+    assert "example" in content["application/json"]
+    assert {"202", "413", "415", "422", "429", "503"} <= set(submit_op["responses"])
+    assert "example" in spec["components"]["schemas"]["EditStatus"]

@@ -1,0 +1,69 @@
+"""Response bodies of the API, so the OpenAPI schema documents them with examples."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.contract import EditParameters
+
+Status = Literal["queued", "started", "finished", "failed", "canceled"]
+
+
+class Links(BaseModel):
+    self: str = Field(examples=["/v1/edits/3f2c9a"])
+    images: list[str] = Field([], examples=[["/v1/edits/3f2c9a/images/0"]])
+
+
+class Accepted(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {
+        "id": "3f2c9a", "status": "queued", "links": {"self": "/v1/edits/3f2c9a", "images": []}}})
+
+    id: str
+    status: Literal["queued"]
+    links: Links
+
+
+class Progress(BaseModel):
+    step: int = Field(description="network forwards done (sampler steps x repeats)")
+    total: int
+
+
+class EditStatus(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {
+        "id": "3f2c9a", "status": "started", "model": "emoji",
+        "parameters": {"model": "emoji", "t0": 0.5, "steps": None, "sampler": None, "eta": 0.0,
+                       "repeats": 1, "samples": 2, "seed": 7, "output_format": "png"},
+        "progress": {"step": 120, "total": 500}, "position": None,
+        "created_at": "2026-11-26T12:00:00+00:00", "started_at": "2026-11-26T12:00:01+00:00",
+        "ended_at": None, "error": None, "links": {"self": "/v1/edits/3f2c9a", "images": []}}})
+
+    id: str
+    status: Status
+    model: str
+    parameters: EditParameters
+    progress: Progress
+    position: int | None = Field(description="0 = next to run; null unless queued")
+    created_at: str
+    started_at: str | None
+    ended_at: str | None
+    error: str | None
+    links: Links
+
+
+class Cancellation(BaseModel):
+    id: str
+    status: Literal["canceled", "canceling"]
+
+
+class ErrorDetail(BaseModel):
+    status: int
+    message: str
+
+
+class ErrorBody(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {
+        "error": {"status": 422, "message": "t0: Input should be less than or equal to 1"}}})
+
+    error: ErrorDetail
