@@ -207,10 +207,13 @@ class SlotBatch:
         slot.x = self.model.sde.perturb(source[None], start, z[None])[0]
         slot.x_mean = slot.x
 
-    def step(self) -> list[Slot]:
+    def step(self, max_forward: int | None = None) -> list[Slot]:
         """One iteration: one forward over all active slots, then one batched update.
 
-        Returns the slots that finished in this iteration (they stay until pop_finished).
+        max_forward splits the forward into chunks of at most that many samples (the worker
+        halves it after an out-of-memory error). Nothing is changed, and no random number is
+        drawn, until every chunk's forward has succeeded, so a failed step can simply be
+        retried. Returns the slots that finished in this iteration (kept until pop_finished).
         """
         slots = self.active
         if not slots:
@@ -218,7 +221,9 @@ class SlotBatch:
         rows = torch.stack([s.table[s.position] for s in slots])
         levels = torch.tensor([s.phases[s.position][1] for s in slots])
         x = torch.stack([s.x for s in slots])
-        prediction = self.model.predict(x, levels)
+        chunk = max_forward or len(slots)
+        prediction = torch.cat([self.model.predict(x[i:i + chunk], levels[i:i + chunk])
+                                for i in range(0, len(slots), chunk)])
         z = torch.stack([self._noise(s) for s in slots])
         corrector = [i for i, s in enumerate(slots) if s.phases[s.position][0] == VE_CORRECTOR]
         if corrector:

@@ -50,6 +50,10 @@ class Engine:
         self.max_batch = max_batch
         self.batches = {name: SlotBatch(model) for name, model in models.items()}
         self.jobs: dict[str, EngineJob] = {}
+        # Largest forward that fits, per model: halved on out-of-memory, never grown back
+        # within a process (memory fragmentation makes a retry at full size likely to fail).
+        self.max_forward = {name: max_batch for name in models}
+        self.oom_events = 0
 
     def free_slots(self, model: str) -> int:
         return self.max_batch - len(self.batches[model].active)
@@ -78,6 +82,21 @@ class Engine:
         self.batches[job.model].remove({s.key for s in job.slots})
         return True
 
+    def _step_within_memory(self, name: str, batch: SlotBatch) -> None:
+        """Step, halving the forward size after each out-of-memory error until it fits."""
+        while True:
+            try:
+                batch.step(max_forward=self.max_forward[name])
+                return
+            except (torch.OutOfMemoryError, MemoryError):
+                if self.max_forward[name] == 1:
+                    raise
+                self.oom_events += 1
+                self.max_forward[name] = max(1, min(self.max_forward[name],
+                                                    len(batch.active)) // 2)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+
     @property
     def busy(self) -> bool:
         return any(batch.active for batch in self.batches.values())
@@ -94,7 +113,7 @@ class Engine:
                 continue
             occupancy = len(batch.active)
             start = time.perf_counter()
-            batch.step()
+            self._step_within_memory(name, batch)
             if on_forward is not None:
                 on_forward(name, occupancy, time.perf_counter() - start)
             batch.pop_finished()

@@ -65,6 +65,7 @@ class JobRunner:
         self.progress.update(job.id, 0, running.total)
 
     def step(self) -> list[tuple[str, dict[str, Any] | BaseException]]:
+        oom_before = self.engine.oom_events
         try:
             finished = self.engine.step(on_forward=self._observe_forward)
         except Exception as exc:  # a failing forward fails the jobs that were in it
@@ -74,6 +75,7 @@ class JobRunner:
                 self.drop(job_id)
                 outcomes.append((job_id, exc))
             return outcomes
+        metrics.OUT_OF_MEMORY.inc(self.engine.oom_events - oom_before)
         for job in self.engine.jobs.values():
             self.progress.update(job.id, job.done, job.total)
         outcomes = []

@@ -18,3 +18,5 @@ FAILURES = Counter("sdedit_worker_failures_total", "failed jobs by reason", ["mo
 MODEL_LOAD_SECONDS = Gauge("sdedit_worker_model_load_seconds", "time to load and warm up",
                            ["model"])
 ACTIVE_JOBS = Gauge("sdedit_worker_active_jobs", "jobs running in the engine")
+OUT_OF_MEMORY = Counter("sdedit_worker_out_of_memory_total",
+                        "forwards that ran out of memory and were retried at half the size")
