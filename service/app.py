@@ -14,12 +14,14 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import redis
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -326,4 +328,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.queue_depth.labels(name).set(rq_adapter.queue_depth(connection, name))
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    # The web painter: static files, served last so the API routes take precedence.
+    app.mount("/", StaticFiles(directory=Path(__file__).parent / "static", html=True),
+              name="painter")
     return app

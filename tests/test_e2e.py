@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -16,42 +11,9 @@ from PIL import Image
 
 from cli.main import main as cli_main
 from service.client import SDEditClient
+from tests.conftest import free_port
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture()
-def running_service(vp_dir: Path, tmp_path: Path):
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SDEDIT_")}
-    env.update({"SDEDIT_MODELS": f'["{vp_dir}"]', "SDEDIT_PORT": str(port),
-                "SDEDIT_DATA_DIR": str(tmp_path / "data"), "SDEDIT_METRICS_PORT": "0",
-                "OMP_NUM_THREADS": "1"})
-    process = subprocess.Popen([sys.executable, "-m", "cli", "up"], env=env, cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None, process.stdout.read()
-        time.sleep(0.3)
-    else:
-        process.kill()
-        pytest.fail("sdedit up did not become ready: " + process.stdout.read())
-    yield url, process
-    if process.poll() is None:
-        process.kill()
-        process.wait()
 
 
 def test_up_serves_edits_and_stops_cleanly_on_ctrl_c(running_service, vp_dir, tmp_path):
