@@ -32,6 +32,7 @@ from prometheus_client import (
 )
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.contract import (
     EditJob,
@@ -102,6 +103,11 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 async def read_submission(request: Request, settings: Settings) -> tuple[dict, bytes, bytes | None]:
     """Parameters and image bytes from a multipart form or a JSON body with base64 images."""
+    # Two files (base64 adds a third) plus form overhead; refused before reading the body.
+    limit = 3 * settings.max_upload_bytes + 65536
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit}")
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         form = await request.form(max_part_size=settings.max_upload_bytes + 1)
@@ -194,8 +200,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.latency.labels(path, request.method).observe(time.perf_counter() - start)
         return response
 
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)  # also unknown routes, 405s, form errors
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(error_body(exc.status_code, str(exc.detail)), status_code=exc.status_code,
                             headers=exc.headers)
 

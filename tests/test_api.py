@@ -132,6 +132,16 @@ def test_bad_bodies(client, settings):
     assert no_image.status_code == 422
 
 
+def test_unknown_routes_and_oversized_bodies_get_json_errors(client, settings):
+    missing = client.get("/v1/nothing-here")
+    assert missing.status_code == 404 and missing.json()["error"]["status"] == 404
+    wrong_method = client.put("/v1/edits")
+    assert wrong_method.status_code == 405 and "error" in wrong_method.json()
+    huge = client.post("/v1/edits", content=b"{}", headers={
+        "content-type": "application/json", "content-length": str(10**9)})
+    assert huge.status_code == 413 and "exceeds the limit" in huge.json()["error"]["message"]
+
+
 def test_full_queue_answers_429_with_retry_after(client, settings):
     for _ in range(settings.max_queue_depth):
         assert submit(client, settings).status_code == 202
