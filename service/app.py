@@ -44,7 +44,7 @@ from service.contract import (
     result_key,
 )
 from service.images import ImageRejected, inspect_image
-from service.redis_conn import connect
+from service.redis_conn import connect, stop_embedded
 from service.schemas import Accepted, Cancellation, EditStatus, ErrorBody
 from service.settings import Settings, get_settings
 from worker import rq_adapter
@@ -185,6 +185,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         app.state.redis = connect(settings)
         yield
+        stop_embedded(app.state.redis)
 
     app = FastAPI(title="SDEdit service", version="1", lifespan=lifespan,
                   description="Guided image synthesis and editing with SDEs (Meng et al., 2022).")

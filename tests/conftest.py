@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -113,7 +115,8 @@ def running_service(vp_dir: Path, tmp_path: Path):
                 "SDEDIT_DATA_DIR": str(tmp_path / "data"), "SDEDIT_METRICS_PORT": "0",
                 "OMP_NUM_THREADS": "1"})
     process = subprocess.Popen([sys.executable, "-m", "cli", "up"], env=env, cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -128,8 +131,12 @@ def running_service(vp_dir: Path, tmp_path: Path):
         process.kill()
         pytest.fail("sdedit up did not become ready: " + process.stdout.read())
     yield url, process
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+    if process.poll() is None:  # stop it as a user would, then make sure nothing is left
+        process.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.communicate(timeout=30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
