@@ -5,6 +5,7 @@ blending. Prints, for each network and batch size, the median time of each and t
 as a fraction of the forward (goal: <= 5 %).
 
     python -m bench.step_overhead [--configs tiny-32 church-256] [--batches 1 8] [--reps 5]
+        [--masks off on]
 """
 
 from __future__ import annotations
@@ -54,15 +55,17 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--masks", nargs="+", choices=["off", "on"], default=["off", "on"],
+                        help="measure without and/or with a mask")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     print(f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__}")
     print(f"{'network':<12} {'batch':>5} {'mask':>5} {'forward ms':>11} {'step ms':>9} "
           f"{'step/forward':>13} {'overhead':>9}")
     for name in args.configs:
-        reps = args.reps if name != "church-256" or args.device != "cpu" else max(2, args.reps // 2)
+        reps = args.reps
         for batch in args.batches:
-            for masked in (False, True):
+            for masked in [m == "on" for m in args.masks]:
                 forward, step = measure(name, batch, reps, masked, args.device)
                 print(f"{name:<12} {batch:>5} {masked!s:>5} {forward * 1e3:>11.1f} "
                       f"{step * 1e3:>9.1f} {step / forward:>13.3f} "
