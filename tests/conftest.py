@@ -108,12 +108,13 @@ def free_port() -> int:
 
 
 @pytest.fixture()
-def running_service(vp_dir: Path, tmp_path: Path):
+def running_service(vp_dir: Path, tmp_path: Path, request: pytest.FixtureRequest):
+    """`sdedit up` with the tiny model; indirect parameters add SDEDIT_* settings."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SDEDIT_")}
     env.update({"SDEDIT_MODELS": f'["{vp_dir}"]', "SDEDIT_PORT": str(port),
                 "SDEDIT_DATA_DIR": str(tmp_path / "data"), "SDEDIT_METRICS_PORT": "0",
-                "OMP_NUM_THREADS": "1"})
+                "OMP_NUM_THREADS": "1", **getattr(request, "param", {})})
     process = subprocess.Popen([sys.executable, "-m", "cli", "up"], env=env, cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)

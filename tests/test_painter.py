@@ -128,3 +128,33 @@ def test_a_bad_request_shows_the_api_error_message(page):
     page.click("#submit")
     page.wait_for_function("document.querySelector('#error').textContent.length > 0")
     assert page.inner_text("#error") == "samples: at most 8 per job"  # the API's own message
+
+
+def test_a_pasted_patch_is_moved_scaled_and_flattened(page, tmp_path):
+    page, _ = page
+    patch = tmp_path / "patch.png"
+    Image.new("RGB", (40, 40), (0, 160, 0)).save(patch)
+    page.set_input_files("#load-patch", str(patch))
+    page.wait_for_function("!document.querySelector('#flatten').disabled")
+    page.fill("#patch-scale", "50")
+    page.dispatch_event("#patch-scale", "input")
+    draw(page, [(0.41, 0.41), (0.26, 0.26)])  # canvas pixel 6 -> 4: the patch moves by -2
+    assert (canvas_pixels(page, "base")[:, :, :3] == 255).all()  # not painted yet
+    page.click("#flatten")
+    flat = canvas_pixels(page, "base")[:, :, :3]
+    green = (flat[:, :, 1] > 120) & (flat[:, :, 0] < 80)
+    rows, cols = np.nonzero(green)
+    # Loaded at (4, 4) at half the canvas (8 px), scaled to 50 % (4 px), moved to (2, 2).
+    assert green.sum() == 16 and rows.min() == cols.min() == 2 and rows.max() == cols.max() == 5
+    page.keyboard.press("Control+z")
+    assert (canvas_pixels(page, "base")[:, :, :3] == 255).all()
+
+
+@pytest.mark.parametrize("running_service", [{"SDEDIT_MAX_UPLOAD_BYTES": "60"}], indirect=True)
+def test_a_rejected_upload_shows_the_api_error_message(page):
+    page, _ = page
+    draw(page, [(0.1, 0.5), (0.9, 0.5)])
+    page.click("#submit")
+    page.wait_for_function("document.querySelector('#error').textContent.length > 0")
+    message = page.inner_text("#error")
+    assert message.startswith("image: ") and "exceeds the limit of 60" in message
