@@ -133,7 +133,11 @@ let last = null;
 let dragging = null;
 
 stage.addEventListener("pointerdown", (event) => {
-  stage.setPointerCapture(event.pointerId);
+  try {
+    stage.setPointerCapture(event.pointerId); // keep the stroke when the pointer leaves
+  } catch {
+    // synthetic events (scripts, some test drivers) have no capturable pointer
+  }
   const p = canvasPoint(event);
   if (patchState) {
     dragging = { start: p, x: patchState.x, y: patchState.y };
