@@ -190,11 +190,13 @@ def test_worker_metrics_record_jobs_batches_and_latency(client, settings, runner
 
     submit(client, settings, samples="3")
     run_worker(runner, settings)
+    runner.publish()
     text = generate_latest(REGISTRY).decode()
     model = settings.models[0]
     assert f'sdedit_worker_jobs_total{{model="{model}",outcome="finished"}}' in text
     assert f'sdedit_worker_batch_occupancy_bucket{{le="4.0",model="{model}"}}' in text
-    for name in ("step_seconds", "job_seconds", "queue_wait_seconds", "model_load_seconds"):
+    for name in ("step_seconds", "job_seconds", "queue_wait_seconds", "model_load_seconds",
+                 "forwards_total", "jobs_waiting"):
         assert f"sdedit_worker_{name}" in text
 
 

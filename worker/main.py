@@ -20,6 +20,7 @@ from service.settings import Settings
 from worker import metrics
 from worker.engine import Engine
 from worker.jobio import ProgressWriter, load_inputs, store_results
+from worker.rq_adapter import queue_depth
 
 log = logging.getLogger("sdedit.worker")
 MODEL_INFO_TTL_S = 30
@@ -92,6 +93,7 @@ class JobRunner:
 
     @staticmethod
     def _observe_forward(model: str, occupancy: int, seconds: float) -> None:
+        metrics.FORWARDS.labels(model).inc()
         metrics.BATCH_OCCUPANCY.labels(model).observe(occupancy)
         metrics.STEP_SECONDS.labels(model).observe(seconds)
 
@@ -116,6 +118,7 @@ class JobRunner:
                     "levels": model.sde.num_levels, "max_batch": self.engine.max_batch,
                     "defaults": {"t0": 0.5, "steps": None, "repeats": 1, "eta": 0.0}}
             self.connection.set(model_info_key(name), json.dumps(info), ex=MODEL_INFO_TTL_S)
+            metrics.JOBS_WAITING.labels(name).set(queue_depth(self.connection, name))
 
 
 def build_engine(settings: Settings) -> Engine:

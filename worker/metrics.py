@@ -20,3 +20,7 @@ MODEL_LOAD_SECONDS = Gauge("sdedit_worker_model_load_seconds", "time to load and
 ACTIVE_JOBS = Gauge("sdedit_worker_active_jobs", "jobs running in the engine")
 OUT_OF_MEMORY = Counter("sdedit_worker_out_of_memory_total",
                         "forwards that ran out of memory and were retried at half the size")
+FORWARDS = Counter("sdedit_worker_forwards_total", "network forwards (engine iterations)",
+                   ["model"])
+JOBS_WAITING = Gauge("sdedit_worker_jobs_waiting", "jobs queued for the model (each >= 1 slot)",
+                     ["model"])
