@@ -20,7 +20,7 @@ from service.settings import Settings
 from worker import metrics
 from worker.engine import Engine
 from worker.jobio import ProgressWriter, load_inputs, store_results
-from worker.rq_adapter import queue_depth
+from worker.rq_adapter import BatchWorker, queue_depth
 
 log = logging.getLogger("sdedit.worker")
 MODEL_INFO_TTL_S = 30
@@ -136,8 +136,6 @@ def build_engine(settings: Settings) -> Engine:
 
 
 def run_worker(settings: Settings, connection: Redis, burst: bool = False) -> bool:
-    from worker.rq_adapter import BatchWorker
-
     if settings.metrics_port:
         from prometheus_client import start_http_server
 
