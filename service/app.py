@@ -172,9 +172,10 @@ def job_links(job_id: str, images: int = 0) -> dict[str, Any]:
 def owned_job(connection: redis.Redis, job_id: str, owner: str):
     """The RQ job and its contract, or 404 (also for another key's job: no existence leak)."""
     job = rq_adapter.fetch(connection, job_id)
-    if job is None or rq_adapter.contract_of(job).owner != owner:
+    contract = rq_adapter.contract_of(job) if job is not None else None
+    if contract is None or contract.owner != owner:
         raise ApiError(404, f"no edit job {job_id!r}")
-    return job, rq_adapter.contract_of(job)
+    return job, contract
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -35,17 +35,20 @@ def load_inputs(connection: Redis, job: EditJob,
 def encode(image: torch.Tensor, fmt: str) -> bytes:
     buffer = io.BytesIO()
     # WebP lossless, so the kept region of a masked edit stays bit-identical in either format.
-    to_image(image).save(buffer, "WEBP", lossless=True) if fmt == "webp" else \
-        to_image(image).save(buffer, "PNG")
+    options = {"lossless": True} if fmt == "webp" else {}
+    to_image(image).save(buffer, fmt.upper(), **options)
     return buffer.getvalue()
 
 
 def store_results(connection: Redis, job: EditJob, images: list[torch.Tensor], ttl: int) -> dict:
-    """Write all result images in one transaction (never a half-written result); a summary."""
+    """Write all result images in one transaction (never a half-written result); a summary.
+
+    The inputs stay until their TTL: if the worker dies before RQ records the success, the
+    retried job still finds them.
+    """
     with connection.pipeline(transaction=True) as pipeline:
         for k, image in enumerate(images):
             pipeline.set(result_key(job.id, k), encode(image, job.output_format), ex=ttl)
-        pipeline.delete(input_key(job.id, "guide"), input_key(job.id, "mask"))
         pipeline.execute()
     size = images[0].shape[-1]
     return {"images": len(images), "format": job.output_format, "width": size, "height": size}
