@@ -373,6 +373,12 @@ def train(args: argparse.Namespace) -> None:
     if ckpt is not None:
         model = model_from_checkpoint(ckpt, "model")
         resolution = int(model.config.sample_size)
+    elif args.init_from is not None:
+        # Continue training an exported model (weights only: the optimiser state and the step
+        # count start afresh, so the learning rate warms up and anneals again).
+        torch.manual_seed(args.seed)
+        model = UNet2DModel.from_pretrained(args.init_from)
+        resolution = int(model.config.sample_size)
     else:
         torch.manual_seed(args.seed)
         resolution = args.resolution
@@ -633,6 +639,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="wall-clock budget in minutes (incl. checkpoints/eval), summed over resumes",
     )
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="start from an exported model folder (e.g. models/weights/emoji) instead of random",
+    )
     p.add_argument("--first-ckpt-minutes", type=float, default=2.0)
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
     p.add_argument("--eval-images", type=int, default=256, help="held-out/train images for eval")

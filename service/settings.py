@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     input_ttl_s: int = Field(24 * 3600, description="how long uploaded inputs live")
     job_timeout_s: int = Field(900, description="a job running longer fails")
     max_batch: int = Field(16, description="worker: samples per network forward")
+    max_wait_s: float = Field(
+        30.0, gt=0, description="worker: a queued job waits at most this long for a full batch, "
+                                "then joins it as extra forwards (inf = wait for free slots)")
     progress_interval_s: float = Field(0.25, description="worker: progress writes at most this often")
     device: str = Field("auto", description="worker: cpu, cuda, cuda:1, auto")
     heartbeat_s: float = Field(10.0, description="worker: heartbeat period; a dead worker's jobs "

@@ -196,8 +196,46 @@ def test_worker_metrics_record_jobs_batches_and_latency(client, settings, runner
     assert f'sdedit_worker_jobs_total{{model="{model}",outcome="finished"}}' in text
     assert f'sdedit_worker_batch_occupancy_bucket{{le="4.0",model="{model}"}}' in text
     for name in ("step_seconds", "job_seconds", "queue_wait_seconds", "model_load_seconds",
-                 "forwards_total", "jobs_waiting"):
+                 "forwards_total", "jobs_waiting", "time_to_first_step_seconds_count"):
         assert f"sdedit_worker_{name}" in text
+
+
+def test_slots_waiting_counts_the_samples_of_queued_jobs(client, settings, runner):
+    from prometheus_client import REGISTRY
+
+    submit(client, settings, samples="3")
+    submit(client, settings, samples="2")
+    runner.publish()
+    model = settings.models[0]
+    assert REGISTRY.get_sample_value("sdedit_worker_slots_waiting", {"model": model}) == 5
+    assert REGISTRY.get_sample_value("sdedit_worker_jobs_waiting", {"model": model}) == 2
+
+
+@pytest.mark.parametrize("max_wait_s", [0.2, float("inf")])
+def test_a_queued_job_waits_at_most_max_wait_s_for_a_full_batch(client, settings, max_wait_s):
+    from prometheus_client import REGISTRY
+
+    from worker.main import JobRunner, build_engine
+    from worker.rq_adapter import BatchWorker, fetch
+
+    small = settings.model_copy(update={"max_batch": 2, "max_samples": 2,
+                                        "max_wait_s": max_wait_s})
+    runner = JobRunner(build_engine(small), client.app.state.redis, small)
+    model = settings.models[0]
+    admissions = REGISTRY.get_sample_value("sdedit_worker_wait_bound_admissions_total",
+                                           {"model": model}) or 0
+    long = submit(client, settings, samples="2", t0="1.0", steps="2000").json()["id"]
+    short = submit(client, settings, samples="1").json()["id"]
+    BatchWorker(small.models, runner, connection=runner.connection,
+                max_wait_s=small.max_wait_s).work(burst=True)
+    long_job, short_job = fetch(runner.connection, long), fetch(runner.connection, short)
+    assert long_job.get_status() == short_job.get_status() == "finished"
+    bounded = max_wait_s < float("inf")
+    # Bounded: the short job joins the full batch mid-way and is done long before the long one.
+    assert (short_job.ended_at < long_job.ended_at) == bounded
+    assert (short_job.started_at - long_job.started_at).total_seconds() >= (0.2 if bounded else 0)
+    assert REGISTRY.get_sample_value("sdedit_worker_wait_bound_admissions_total",
+                                     {"model": model}) == admissions + bounded
 
 
 def test_rq_registries_show_the_truth(client, settings, runner):

@@ -76,3 +76,30 @@ def test_a_job_too_big_or_for_another_model_is_refused(vp_model):
     with pytest.raises(ValueError, match="t0 must be in"):
         engine.admit("a", "m", GUIDE, None, EditParams(t0=2.0), samples=1, seed=0)
     assert not engine.busy and not engine.jobs
+
+
+def test_models_in_one_worker_take_turns_at_every_iteration(vp_model, ve_model):
+    engine = Engine({"vp": vp_model, "ve": ve_model}, max_batch=4)
+    vp_job = engine.admit("a", "vp", GUIDE, None, EditParams(t0=0.5, steps=5), samples=1, seed=0)
+    ve_job = engine.admit("b", "ve", GUIDE, None, EditParams(t0=0.5, steps=5), samples=1, seed=0)
+    seen = []
+    engine.step(on_forward=lambda model, slots, seconds: seen.append(model))
+    assert seen == ["vp", "ve"] and vp_job.done == ve_job.done == 1
+
+
+def test_slots_beyond_max_batch_run_as_extra_forwards_and_match_running_alone(vp_model):
+    sizes = []
+
+    def network(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        sizes.append(len(x))
+        return vp_model.network(x, t)
+
+    engine = Engine({"m": dataclasses.replace(vp_model, network=network)}, max_batch=2)
+    engine.admit("a", "m", GUIDE, None, EditParams(t0=0.3, steps=4), samples=2, seed=0)
+    engine.admit("b", "m", GUIDE, None, EditParams(t0=0.2, steps=3), samples=1, seed=7)
+    assert engine.free_slots("m") == -1  # the worker let "b" in over a full batch
+    engine.step()
+    assert sizes == [2, 1]  # never more than max_batch samples in one forward
+    done = run_to_end(engine)
+    alone = sdedit(vp_model, GUIDE, t0=0.2, steps=3, samples=1, seed=7)
+    torch.testing.assert_close(torch.stack(done["b"]), alone, rtol=0, atol=1e-5)

@@ -98,3 +98,18 @@ def test_sample_sheet_uses_the_sdedit_sampler(tiny_data, tmp_path):
     b = ddim_sample(ema, 3, 32, torch.device("cpu"), steps=4, seed=5)
     assert a.shape == (3, 3, 32, 32) and torch.equal(a, b)
     assert a.min() >= -1 and a.max() <= 1 and a.std() > 0
+
+
+def test_init_from_an_exported_model_continues_from_its_weights(tiny_data, tmp_path):
+    run(tiny_data, tmp_path / "first", 2)
+    exported = load_file(tmp_path / "first" / "model" / "diffusion_pytorch_model.safetensors")
+    argv = ["--data", str(tiny_data), "--out", str(tmp_path / "second"), "--init-from",
+            str(tmp_path / "first" / "model"), "--batch-size", "4", "--max-steps", "1",
+            "--threads", "1", "--eval-images", "4", "--warmup-steps", "2", "--device", "cpu",
+            "--lr", "0"]
+    train_main(argv)
+    ckpt = torch.load(tmp_path / "second" / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 1  # a fresh run: its own step count and optimiser
+    # lr 0: one step leaves the weights as they were loaded, so model and EMA started from them.
+    for key in ("model", "ema"):
+        assert all(torch.equal(exported[k], ckpt[key][k]) for k in exported), key

@@ -20,7 +20,7 @@ from service.settings import Settings
 from worker import metrics
 from worker.engine import Engine
 from worker.jobio import ProgressWriter, load_inputs, store_results
-from worker.rq_adapter import BatchWorker, queue_depth
+from worker.rq_adapter import BatchWorker, queue_depth, waiting_samples
 
 log = logging.getLogger("sdedit.worker")
 MODEL_INFO_TTL_S = 30
@@ -47,12 +47,21 @@ class JobRunner:
         self.connection = connection
         self.settings = settings
         self.contracts: dict[str, EditJob] = {}
+        self.not_stepped: dict[str, EditJob] = {}  # admitted, first forward still to come
         self.progress = ProgressWriter(connection, settings.result_ttl_s,
                                        settings.progress_interval_s)
 
     def room(self, model: str) -> bool:
-        return self.engine.free_slots(model) >= min(self.settings.max_samples,
-                                                    self.engine.max_batch)
+        return self.engine.free_slots(model) >= self._largest_job
+
+    def overflow_room(self, model: str) -> bool:
+        """Room for one more job beyond a full batch: at most max_batch extra slots, which the
+        engine runs as extra forwards of at most max_batch each (memory stays bounded)."""
+        return self.engine.free_slots(model) + self.engine.max_batch >= self._largest_job
+
+    @property
+    def _largest_job(self) -> int:
+        return min(self.settings.max_samples, self.engine.max_batch)
 
     def admit(self, job: EditJob) -> None:
         metrics.QUEUE_WAIT_SECONDS.labels(job.model).observe(
@@ -63,6 +72,7 @@ class JobRunner:
                             repeats=job.repeats)
         running = self.engine.admit(job.id, job.model, guide, mask, params, job.samples, job.seed)
         self.contracts[job.id] = job
+        self.not_stepped[job.id] = job
         self.progress.update(job.id, 0, running.total)
 
     def step(self) -> list[tuple[str, dict[str, Any] | BaseException]]:
@@ -77,6 +87,11 @@ class JobRunner:
                 outcomes.append((job_id, exc))
             return outcomes
         metrics.OUT_OF_MEMORY.inc(self.engine.oom_events - oom_before)
+        now = datetime.now(UTC)
+        for job in self.not_stepped.values():
+            metrics.FIRST_STEP_SECONDS.labels(job.model).observe(
+                (now - job.created_at).total_seconds())
+        self.not_stepped.clear()
         for job in self.engine.jobs.values():
             self.progress.update(job.id, job.done, job.total)
         outcomes = []
@@ -107,6 +122,7 @@ class JobRunner:
     def drop(self, job_id: str) -> None:
         self.engine.cancel(job_id)
         self.contracts.pop(job_id, None)
+        self.not_stepped.pop(job_id, None)
 
     def publish(self) -> None:
         """Tell the API which models this worker serves, with their defaults (expires if we die)."""
@@ -119,6 +135,7 @@ class JobRunner:
                     "defaults": {"t0": 0.5, "steps": None, "repeats": 1, "eta": 0.0}}
             self.connection.set(model_info_key(name), json.dumps(info), ex=MODEL_INFO_TTL_S)
             metrics.JOBS_WAITING.labels(name).set(queue_depth(self.connection, name))
+            metrics.SLOTS_WAITING.labels(name).set(waiting_samples(self.connection, name))
 
 
 def build_engine(settings: Settings) -> Engine:
@@ -146,5 +163,6 @@ def run_worker(settings: Settings, connection: Redis, burst: bool = False) -> bo
     engine = build_engine(settings)
     runner = JobRunner(engine, connection, settings)
     worker = BatchWorker(settings.models, runner, connection=connection,
-                         heartbeat_s=settings.heartbeat_s, maintenance_interval=settings.maintenance_s)
+                         heartbeat_s=settings.heartbeat_s, maintenance_interval=settings.maintenance_s,
+                         max_wait_s=settings.max_wait_s)
     return worker.work(burst=burst)

@@ -24,3 +24,11 @@ FORWARDS = Counter("sdedit_worker_forwards_total", "network forwards (engine ite
                    ["model"])
 JOBS_WAITING = Gauge("sdedit_worker_jobs_waiting", "jobs queued for the model (each >= 1 slot)",
                      ["model"])
+SLOTS_WAITING = Gauge("sdedit_worker_slots_waiting",
+                      "samples the queued jobs will need (first 1000 queued jobs)", ["model"])
+FIRST_STEP_SECONDS = Histogram("sdedit_worker_time_to_first_step_seconds",
+                               "enqueue to the job's first network forward", ["model"],
+                               buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300))
+WAIT_BOUND_ADMISSIONS = Counter("sdedit_worker_wait_bound_admissions_total",
+                                "jobs let into a full batch after waiting SDEDIT_MAX_WAIT_S",
+                                ["model"])

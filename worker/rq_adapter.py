@@ -21,6 +21,7 @@ import time
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from redis import Redis
@@ -38,6 +39,8 @@ from worker import metrics
 TASK = "worker.tasks.run_edit"
 TERMINAL = ("finished", "failed", "canceled")
 IDLE_POLL_S = 5  # an idle worker wakes this often to publish that it is alive
+HEAD_CHECK_S = 0.5  # a full worker looks at the age of its queues' oldest job this often
+WAITING_SCAN_LIMIT = 1000  # queued jobs whose samples are counted for the slots-waiting metric
 
 
 def queue_for(connection: Redis, model: str) -> Queue:
@@ -77,6 +80,23 @@ def status_of(job: Job) -> str:
     return "queued"
 
 
+def waiting_samples(connection: Redis, model: str, limit: int = WAITING_SCAN_LIMIT) -> int:
+    """Samples (engine slots) the first `limit` queued jobs of a model will need."""
+    queue = queue_for(connection, model)
+    jobs = Job.fetch_many(queue.get_job_ids(0, limit), connection=connection,
+                          serializer=JSONSerializer)
+    return sum(contract_of(job).samples for job in jobs if job is not None)
+
+
+def oldest_wait(queue: Queue) -> float | None:
+    """Seconds the job at the head of a queue has waited, None if the queue is empty."""
+    for job_id in queue.get_job_ids(0, 1):
+        job = fetch(queue.connection, job_id)
+        if job is not None and job.enqueued_at is not None:
+            return (datetime.now(UTC) - job.enqueued_at).total_seconds()
+    return None
+
+
 def position(connection: Redis, job: Job) -> int | None:
     return queue_for(connection, contract_of(job).model).get_job_position(job.id)
 
@@ -106,6 +126,8 @@ class Runner(Protocol):
 
     def room(self, model: str) -> bool: ...
 
+    def overflow_room(self, model: str) -> bool: ...
+
     def admit(self, job: EditJob) -> None: ...
 
     def step(self) -> list[tuple[str, dict[str, Any] | BaseException]]: ...
@@ -133,13 +155,16 @@ class BatchWorker(SimpleWorker):
     """An RQ worker that keeps many jobs in flight through a batching Runner."""
 
     def __init__(self, models: list[str], runner: Runner, connection: Redis,
-                 heartbeat_s: float = 10.0, maintenance_interval: int = 60, **kwargs: Any) -> None:
+                 heartbeat_s: float = 10.0, maintenance_interval: int = 60,
+                 max_wait_s: float = float("inf"), **kwargs: Any) -> None:
         super().__init__([queue_for(connection, m) for m in models], connection=connection,
                          serializer=JSONSerializer, maintenance_interval=maintenance_interval,
                          **kwargs)
         self.runner = runner
         self.running: dict[str, Running] = {}
         self.heartbeat_s = heartbeat_s
+        self.max_wait_s = max_wait_s
+        self.head_checked: dict[str, float] = {}
         self.worked = False
         self.last_publish = -heartbeat_s
         # Heartbeats come from a thread, so a network forward longer than the heartbeat TTL
@@ -191,11 +216,17 @@ class BatchWorker(SimpleWorker):
         return True
 
     def _admit(self, block: bool) -> int:
-        """Pop jobs while the runner has room for them; block briefly only when idle."""
+        """Pop jobs while the runner has room for them; block briefly only when idle.
+
+        Queues are served first come first served and never skip their head job. While a
+        model's batch is full, its oldest queued job is let in anyway once it has waited
+        max_wait_s (the runner then splits each iteration into several forwards), so no job
+        waits longer than that for jobs that run long.
+        """
         admitted = 0
         for queue in self.queues:
             model = queue.name.split(":", 1)[1]
-            while self.runner.room(model):
+            while self.runner.room(model) or self._waited_too_long(queue, model):
                 try:
                     result = Queue.dequeue_any([queue], timeout=IDLE_POLL_S if block else None,
                                                connection=self.connection, serializer=self.serializer)
@@ -208,6 +239,22 @@ class BatchWorker(SimpleWorker):
                 admitted += 1
                 block = False
         return admitted
+
+    def _waited_too_long(self, queue: Queue, model: str) -> bool:
+        if self.max_wait_s == float("inf") or not self.runner.overflow_room(model):
+            return False
+        now = time.monotonic()
+        if now - self.head_checked.get(queue.name, -HEAD_CHECK_S) < HEAD_CHECK_S:
+            return False  # looked a moment ago: one Redis read per queue per HEAD_CHECK_S
+        self.head_checked[queue.name] = now
+        waited = oldest_wait(queue)
+        if waited is None or waited < self.max_wait_s:
+            return False
+        metrics.WAIT_BOUND_ADMISSIONS.labels(model).inc()
+        self.log.info("queue %s: head job waited %.1f s with the batch full; admitting it",
+                      queue.name, waited)
+        self.head_checked.pop(queue.name)  # the next head may be just as old
+        return True
 
     def _start(self, job: Job, queue: Queue) -> None:
         execution = self.prepare_execution(job)
