@@ -112,9 +112,11 @@ def local_features(net: EmojiClassifier, images: torch.Tensor, block: int = LOCA
     return torch.cat(out).flatten(0, 1).numpy()
 
 
-def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 50, subset_size: int = 100,
-        seed: int = 0) -> tuple[float, float]:
-    """Kernel inception distance (mean, std over subsets) between two feature sets."""
+def kid_values(real: np.ndarray, fake: np.ndarray, subsets: int = 50, subset_size: int = 100,
+               seed: int = 0) -> np.ndarray:
+    """Per-subset KID estimates. The subsets depend only on the seed and the set sizes, so two
+    fake sets of equal size are compared on the same real subsets and the same positions
+    (paired: their difference per subset has much less noise than either estimate)."""
     rng = np.random.default_rng(seed)
     d = real.shape[1]
     m = min(subset_size, len(real), len(fake))
@@ -126,4 +128,11 @@ def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 50, subset_size: int 
         mmd = ((kxx.sum() - np.trace(kxx)) / (m * (m - 1))
                + (kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean())
         values.append(mmd)
-    return float(np.mean(values)), float(np.std(values))
+    return np.array(values)
+
+
+def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 50, subset_size: int = 100,
+        seed: int = 0) -> tuple[float, float]:
+    """Kernel inception distance (mean, std over subsets) between two feature sets."""
+    values = kid_values(real, fake, subsets, subset_size, seed)
+    return float(values.mean()), float(values.std())

@@ -23,7 +23,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
-from bench.features import kid, load_or_train, local_features
+from bench.features import kid_values, load_or_train, local_features
 from models.imageio import open_image, prepare_guide, to_image
 from models.loader import load_model
 from models.sdedit import sdedit
@@ -110,9 +110,16 @@ def plot(results: list[dict], baseline: dict, floor: dict, path: Path) -> None:
 KID_SUBSET = 1000  # local feature vectors per KID subset
 
 
-def kid_row(real: np.ndarray, net, images: torch.Tensor) -> dict[str, float]:
-    mean, std = kid(real, local_features(net, images), subset_size=KID_SUBSET)
-    return {"kid": mean, "kid_std": std}
+def kid_row(real: np.ndarray, net, images: torch.Tensor) -> dict:
+    values = kid_values(real, local_features(net, images), subset_size=KID_SUBSET)
+    return {"kid": float(values.mean()), "kid_std": float(values.std()), "values": values}
+
+
+def paired(row: dict, baseline: dict) -> dict[str, float]:
+    """KID(row) - KID(stroke inputs) on the same subsets; `better` = share of subsets below 0."""
+    delta = row["values"] - baseline["values"]
+    return {"delta": float(delta.mean()), "delta_std": float(delta.std()),
+            "better": float((delta < 0).mean())}
 
 
 def degraded(images: np.ndarray) -> dict[str, list[Image.Image]]:
@@ -159,30 +166,39 @@ def main() -> None:
     checks = {name: {"t0": 0.0, "l2": float(l2_to_guide(to_batch(ims, res), guides).mean()),
                      **kid_row(real, net, to_batch(ims, res))}
               for name, ims in degraded(heldout[sources]).items()}
+    for r in checks.values():
+        r.update(paired(r, baseline))
     results = []
     outputs = {}
     for t0 in tqdm(args.t0, desc="t0 sweep"):
         out = edit_all(model, guides, t0, args.steps, args.seed)
         outputs[t0] = out
-        results.append({"t0": t0, "l2": float(l2_to_guide(out, guides).mean()),
-                        **kid_row(real, net, out)})
+        r = {"t0": t0, "l2": float(l2_to_guide(out, guides).mean()), **kid_row(real, net, out)}
+        results.append({**r, **paired(r, baseline)})
+    floor.update(paired(floor, baseline))
 
     def row(name: str, t0: str, r: dict) -> str:
+        delta = (f"{r['delta'] * 1e3:+.2f} ± {r['delta_std'] * 1e3:.2f} ({r['better']:.0%})"
+                 if "delta" in r else "-")
         return (f"| {name} | {t0} | {r['l2']:.2f} | {r['kid'] * 1e3:.1f} ± "
-                f"{r['kid_std'] * 1e3:.1f} |")
+                f"{r['kid_std'] * 1e3:.1f} | {delta} |")
 
     args.out.mkdir(parents=True, exist_ok=True)
     lines = [f"Model `{args.model}` ({res} px): {len(sources)} stroke inputs made from held-out "
              f"emoji, {args.steps} ancestral steps from t0, seed {args.seed}. Realism: KID x 1e3 "
              f"to {len(reference)} other held-out emoji in the local feature space of "
              "bench/features.py (lower is more realistic). Faithfulness: L2 to the guide "
-             "(RGB in [0, 1]).", "",
-             "| input | t0 | L2 to guide | KID x 1e3 (± std) |", "|---|---|---|---|",
+             "(RGB in [0, 1]). Last column: KID minus the stroke inputs' KID on the same 50 "
+             "subsets (mean ± std, share of subsets where the row is more realistic).", "",
+             "| input | t0 | L2 to guide | KID x 1e3 (± std) | vs strokes, x 1e3 (paired) |",
+             "|---|---|---|---|---|",
              row("real held-out emoji (the strokes' sources)", "-", floor),
              *[row(f"real held-out emoji, {name}", "-", r) for name, r in checks.items()],
              row("stroke inputs", "-", baseline)]
     lines += [row("SDEdit", f"{r['t0']:.1f}", r) for r in results]
     (args.out / "realism_faithfulness.md").write_text("\n".join(lines) + "\n")
+    for r in (floor, baseline, *checks.values(), *results):
+        r["values"] = [round(float(v), 6) for v in r["values"]]
     (args.out / "realism_faithfulness.json").write_text(json.dumps(
         {"floor": floor, "baseline": baseline, "checks": checks, "results": results,
          "sources": len(sources),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bench.features import EmojiClassifier, kid, local_features
+from bench.features import EmojiClassifier, kid, kid_values, local_features
 from bench.realism_faithfulness import STROKE_COLOURS, split_by_base, strokes
 
 
@@ -38,3 +38,12 @@ def test_local_features_and_kid_tell_distributions_apart():
     near, _ = kid(feats, same, subset_size=200)
     far, _ = kid(feats, flat, subset_size=200)
     assert abs(near) < far / 20 and far > 0
+
+
+def test_kid_subsets_are_paired_across_fake_sets_of_equal_size():
+    rng = np.random.default_rng(0)
+    real, a = rng.normal(size=(300, 8)), rng.normal(size=(200, 8))
+    shifted = a + 0.5
+    # Same subsets: a set shifted everywhere is worse on every subset, not just on average.
+    assert (kid_values(real, shifted) > kid_values(real, a)).all()
+    np.testing.assert_array_equal(kid_values(real, a), kid_values(real, a))
