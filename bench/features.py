@@ -7,7 +7,7 @@ a crying face from a sad one needs the small details (outlines, shading, eyes) a
 painting lacks. Realism is measured on its *local* features: the 128-d vectors of the third
 conv block at 16 random positions of each image (receptive field about 18 of 32 px), so KID
 compares what patches of the images look like rather than which emoji they show. Pooled
-features did not work: a category classifier's scored stroke paintings as real, and the pooled
+features did not work: a category classifier scored stroke paintings as real, and the pooled
 identity features measured mostly which emoji a set holds. `bench.realism_faithfulness` checks
 that the distance grows with blur, noise and stroke simplification of real emoji. KID is the
 unbiased squared MMD with the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3 of
@@ -114,9 +114,10 @@ def local_features(net: EmojiClassifier, images: torch.Tensor, block: int = LOCA
 
 def kid_values(real: np.ndarray, fake: np.ndarray, subsets: int = 50, subset_size: int = 100,
                seed: int = 0) -> np.ndarray:
-    """Per-subset KID estimates. The subsets depend only on the seed and the set sizes, so two
-    fake sets of equal size are compared on the same real subsets and the same positions
-    (paired: their difference per subset has much less noise than either estimate)."""
+    """Kernel inception distance of each subset (report mean and std). The subsets depend only
+    on the seed and the set sizes, so two fake sets of equal size are compared on the same real
+    subsets and the same positions (paired: their difference per subset has much less noise
+    than either estimate)."""
     rng = np.random.default_rng(seed)
     d = real.shape[1]
     m = min(subset_size, len(real), len(fake))
@@ -130,9 +131,3 @@ def kid_values(real: np.ndarray, fake: np.ndarray, subsets: int = 50, subset_siz
         values.append(mmd)
     return np.array(values)
 
-
-def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 50, subset_size: int = 100,
-        seed: int = 0) -> tuple[float, float]:
-    """Kernel inception distance (mean, std over subsets) between two feature sets."""
-    values = kid_values(real, fake, subsets, subset_size, seed)
-    return float(values.mean()), float(values.std())

@@ -163,11 +163,12 @@ def main() -> None:
     floor = {"t0": 0.0, "l2": float(l2_to_guide(originals, guides).mean()),
              **kid_row(real, net, originals)}
     baseline = {"t0": 0.0, "l2": 0.0, **kid_row(real, net, guides)}
-    checks = {name: {"t0": 0.0, "l2": float(l2_to_guide(to_batch(ims, res), guides).mean()),
-                     **kid_row(real, net, to_batch(ims, res))}
-              for name, ims in degraded(heldout[sources]).items()}
-    for r in checks.values():
-        r.update(paired(r, baseline))
+    floor.update(paired(floor, baseline))
+    checks = {}
+    for name, images in degraded(heldout[sources]).items():
+        batch = to_batch(images, res)
+        r = {"t0": 0.0, "l2": float(l2_to_guide(batch, guides).mean()), **kid_row(real, net, batch)}
+        checks[name] = {**r, **paired(r, baseline)}
     results = []
     outputs = {}
     for t0 in tqdm(args.t0, desc="t0 sweep"):
@@ -175,7 +176,6 @@ def main() -> None:
         outputs[t0] = out
         r = {"t0": t0, "l2": float(l2_to_guide(out, guides).mean()), **kid_row(real, net, out)}
         results.append({**r, **paired(r, baseline)})
-    floor.update(paired(floor, baseline))
 
     def row(name: str, t0: str, r: dict) -> str:
         delta = (f"{r['delta'] * 1e3:+.2f} ± {r['delta_std'] * 1e3:.2f} ({r['better']:.0%})"
@@ -201,8 +201,8 @@ def main() -> None:
         r["values"] = [round(float(v), 6) for v in r["values"]]
     (args.out / "realism_faithfulness.json").write_text(json.dumps(
         {"floor": floor, "baseline": baseline, "checks": checks, "results": results,
-         "sources": len(sources),
-         "reference": len(reference), "steps": args.steps, "model": args.model}, indent=2))
+         "sources": len(sources), "reference": len(reference), "steps": args.steps,
+         "model": args.model}, indent=2))
     print("\n".join(lines))
     plot(results, baseline, floor, args.out / "realism_faithfulness.png")
 

@@ -226,7 +226,10 @@ class BatchWorker(SimpleWorker):
         admitted = 0
         for queue in self.queues:
             model = queue.name.split(":", 1)[1]
-            while self.runner.room(model) or self._waited_too_long(queue, model):
+            while True:
+                over_full = not self.runner.room(model)
+                if over_full and not self._head_waited_too_long(queue, model):
+                    break
                 try:
                     result = Queue.dequeue_any([queue], timeout=IDLE_POLL_S if block else None,
                                                connection=self.connection, serializer=self.serializer)
@@ -235,12 +238,16 @@ class BatchWorker(SimpleWorker):
                 if result is None:
                     break
                 job, queue = result
+                if over_full:
+                    metrics.WAIT_BOUND_ADMISSIONS.labels(model).inc()
+                    self.log.info("job %s joins the full batch of %s after waiting %s s or more",
+                                  job.id, model, self.max_wait_s)
                 self._start(job, queue)
                 admitted += 1
                 block = False
         return admitted
 
-    def _waited_too_long(self, queue: Queue, model: str) -> bool:
+    def _head_waited_too_long(self, queue: Queue, model: str) -> bool:
         if self.max_wait_s == float("inf") or not self.runner.overflow_room(model):
             return False
         now = time.monotonic()
@@ -250,9 +257,6 @@ class BatchWorker(SimpleWorker):
         waited = oldest_wait(queue)
         if waited is None or waited < self.max_wait_s:
             return False
-        metrics.WAIT_BOUND_ADMISSIONS.labels(model).inc()
-        self.log.info("queue %s: head job waited %.1f s with the batch full; admitting it",
-                      queue.name, waited)
         self.head_checked.pop(queue.name)  # the next head may be just as old
         return True
 
