@@ -1,6 +1,7 @@
 """Train the small bundled emoji score model: a diffusers UNet2DModel predicting eps (VP/DDPM).
 
-Noise schedule: 1000 linear betas 1e-4..0.02; data in [-1, 1]; min-SNR-gamma loss weighting;
+Noise schedule: 1000 linear betas 1e-4..0.02; data in [-1, 1]; eps loss weighted by
+clamp(SNR, floor, gamma) / SNR (min-SNR-gamma; a floor turns it into x0 loss at high noise);
 AdamW with warm-up and cosine decay; EMA weights (the exported model); resumable checkpoints.
 
 Typical use::
@@ -158,6 +159,17 @@ def augment(x: torch.Tensor, p_geom: float = 0.5, max_scale: float = 0.1) -> tor
 # ----------------------------------------------------------------------------- training pieces
 
 
+def snr_weight(snr: torch.Tensor, gamma: float, floor: float = 0.0) -> torch.Tensor:
+    """Weight of the eps MSE per level: clamp(SNR, floor, gamma) / SNR.
+
+    gamma caps the low-noise levels (min-SNR-gamma, Hang et al. 2023). The floor matters at
+    high noise: the x0 estimate's error is the eps error / SNR, so a plain eps loss hardly
+    trains the levels that decide a sample's layout (SNR 1e-3 at level 800). With floor s,
+    levels with SNR < s are trained on s x the x0 MSE ("truncated SNR" for s = 1, Salimans &
+    Ho 2022)."""
+    return snr.clamp(min=floor, max=gamma) / snr
+
+
 def min_snr_loss(
     model: torch.nn.Module,
     x0: torch.Tensor,
@@ -166,8 +178,9 @@ def min_snr_loss(
     autocast: contextlib.AbstractContextManager[Any],
     t: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
+    floor: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample (min-SNR-weighted, plain) eps-prediction MSE."""
+    """Per-sample (weighted as in `snr_weight`, plain) eps-prediction MSE."""
     b = x0.shape[0]
     if t is None:
         t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (b,), device=x0.device)
@@ -179,8 +192,7 @@ def min_snr_loss(
         pred = model(xt, t).sample
     mse = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
     snr = abar[t] / (1.0 - abar[t])
-    weight = snr.clamp(max=gamma) / snr
-    return weight * mse, mse
+    return snr_weight(snr, gamma, floor) * mse, mse
 
 
 @torch.no_grad()
@@ -211,6 +223,7 @@ def eval_loss(
     autocast: contextlib.AbstractContextManager[Any],
     batch: int = 128,
     n_t: int = 8,
+    floor: float = 0.0,
 ) -> tuple[float, float]:
     """Deterministic (weighted, plain) loss over x0 at n_t fixed timesteps with fixed noise."""
     gen = torch.Generator().manual_seed(1234)
@@ -223,7 +236,7 @@ def eval_loss(
             xb = x0[i : i + batch]
             noise = torch.randn(xb.shape, generator=gen).to(xb.device)
             t = torch.full((xb.shape[0],), t_val, device=xb.device, dtype=torch.long)
-            w, m = min_snr_loss(model, xb, abar, gamma, autocast, t=t, noise=noise)
+            w, m = min_snr_loss(model, xb, abar, gamma, autocast, t=t, noise=noise, floor=floor)
             tot_w += float(w.sum())
             tot += float(m.sum())
     model.train(was_training)
@@ -459,7 +472,7 @@ def train(args: argparse.Namespace) -> None:
     def evaluate() -> dict[str, float]:
         res: dict[str, float] = {}
         for name, x in eval_sets.items():
-            w, m = eval_loss(ema, x, abar, args.snr_gamma, autocast)
+            w, m = eval_loss(ema, x, abar, args.snr_gamma, autocast, floor=args.snr_floor)
             res[f"eval_{name}_weighted"], res[f"eval_{name}_mse"] = round(w, 5), round(m, 5)
         return res
 
@@ -499,7 +512,8 @@ def train(args: argparse.Namespace) -> None:
         x0 = augment(next(it)) if args.augment else next(it)
         x0 = x0.contiguous(memory_format=memfmt)
         try:
-            w, _ = min_snr_loss(run_model, x0, abar, args.snr_gamma, autocast)
+            w, _ = min_snr_loss(run_model, x0, abar, args.snr_gamma, autocast,
+                                floor=args.snr_floor)
             loss = w.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -629,6 +643,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--snr-gamma", type=float, default=5.0, help="min-SNR-gamma weighting")
+    p.add_argument("--snr-floor", type=float, default=0.0,
+                   help="below this SNR, weight the x0 error instead (1 = truncated SNR)")
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--no-augment", dest="augment", action="store_false")
     p.add_argument("--max-steps", type=int, default=None)

@@ -47,3 +47,17 @@ def test_kid_subsets_are_paired_across_fake_sets_of_equal_size():
     # Same subsets: a set shifted everywhere is worse on every subset, not just on average.
     assert (kid_values(real, shifted) > kid_values(real, a)).all()
     np.testing.assert_array_equal(kid_values(real, a), kid_values(real, a))
+
+
+def test_white_background_tells_emoji_on_white_from_colour_fields():
+    from bench.unconditional import white_background
+
+    on_white = torch.ones(1, 3, 32, 32)
+    on_white[:, :, 3:29, 3:29] = torch.tensor([1.0, 0.8, 0.1])[:, None, None]  # a yellow disc's box
+    field = torch.full((1, 3, 32, 32), 0.5)
+    field[:, 0] = 1.0  # saturated colour up to the frame: red channel white, others not
+    touching = on_white.clone()
+    touching[:, :, :, :24] = 0.2  # a shape covering three quarters of the frame
+    flags = white_background(torch.cat([on_white, field, touching]))
+    assert flags.tolist() == [True, False, False]
+    assert white_background(torch.ones(2, 3, 64, 64)).all()

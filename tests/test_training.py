@@ -113,3 +113,18 @@ def test_init_from_an_exported_model_continues_from_its_weights(tiny_data, tmp_p
     # lr 0: one step leaves the weights as they were loaded, so model and EMA started from them.
     for key in ("model", "ema"):
         assert all(torch.equal(exported[k], ckpt[key][k]) for k in exported), key
+
+
+def test_snr_weight_caps_low_noise_and_turns_into_x0_loss_at_high_noise():
+    from models.train import snr_weight
+
+    snr = torch.tensor([1000.0, 5.0, 1.0, 0.1, 1e-3])
+    inf = float("inf")
+    assert torch.equal(snr_weight(snr, inf), torch.ones(5))  # the plain DDPM loss
+    torch.testing.assert_close(snr_weight(snr, 5.0), torch.tensor([0.005, 1, 1, 1, 1]))
+    # Floor 1: below SNR 1, eps MSE / SNR, i.e. exactly the MSE of the x0 estimate.
+    torch.testing.assert_close(snr_weight(snr, inf, 1.0), torch.tensor([1, 1, 1, 10, 1000.0]))
+    abar = snr / (1 + snr)
+    eps_error = torch.full((5,), 0.01)
+    x0_error = eps_error * (1 - abar) / abar  # x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)
+    torch.testing.assert_close((snr_weight(snr, inf, 1.0) * eps_error)[3:], x0_error[3:])
