@@ -32,8 +32,6 @@ def errors(model, x0: torch.Tensor, mean: torch.Tensor, level: int,
            seed: int = 0) -> dict[str, float]:
     """x0: (N, C, H, W) and mean: (C, H, W) in the model's [-1, 1] space."""
     sde = model.sde
-    if not isinstance(sde, VPSDE):
-        raise SystemExit(f"{model.name} is not a VP model")
     z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + level))
     levels = torch.full((len(x0),), level, dtype=torch.long)
     x_t = sde.perturb(x0, levels, z).float()
@@ -55,6 +53,9 @@ def main() -> None:
     parser.add_argument("--levels", nargs="+", type=int, default=list(LEVELS))
     args = parser.parse_args()
     models = [load_model(name) for name in args.models]
+    for model in models:
+        if not isinstance(model.sde, VPSDE):
+            parser.error(f"{model.name} is not a VP (eps) model")
     res = models[0].resolution
     data = np.load(args.data)
     heldout = data["heldout"][:args.count]

@@ -16,6 +16,7 @@ Binkowski et al. (2018), averaged over subsets.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -74,8 +75,14 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, classes: int, r
     return net.eval()
 
 
-def load_or_train(cache: Path, images: torch.Tensor, labels: torch.Tensor, classes: int,
+def load_or_train(cache: Path, images: torch.Tensor, names: Sequence[str],
                   resolution: int) -> EmojiClassifier:
+    """The identity network of `images` (training split, in [0, 1]) and their emoji `names`:
+    skin-tone variants ("base/1F3FB") share their base emoji's label. Cached at `cache`."""
+    identities = sorted({n.split("/")[0] for n in names})
+    index = {name: i for i, name in enumerate(identities)}
+    labels = torch.tensor([index[n.split("/")[0]] for n in names])
+    classes = len(identities)
     if cache.is_file():
         net = EmojiClassifier(classes, resolution)
         net.load_state_dict(torch.load(cache, weights_only=True))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from bench.realism_faithfulness import contact_sheet
+from bench.realism_faithfulness import contact_sheet, grid_sheet
 from models.imageio import open_image, prepare_guide, prepare_mask
 from models.loader import load_model
 from models.sdedit import sdedit
@@ -32,9 +32,7 @@ def main() -> None:
 
     grey = torch.full((3, res, res), 0.5)
     images = sdedit(model, grey, t0=1.0, samples=args.samples, seed=args.seed)
-    columns = 8
-    rows = [list(images[i:i + columns]) for i in range(0, len(images), columns)]
-    contact_sheet(rows, [""] * columns, scale=2).save(args.out / "samples.png")
+    grid_sheet(images).save(args.out / "samples.png")
 
     guide = prepare_guide(open_image("examples/smiley.png"), res)
     mask = prepare_mask(open_image("examples/smiley-mouth-mask.png"), res)

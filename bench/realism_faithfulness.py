@@ -85,6 +85,13 @@ def contact_sheet(rows: list[list[torch.Tensor]], header: list[str], scale: int 
     return sheet
 
 
+def grid_sheet(images: torch.Tensor, columns: int = 8, scale: int = 2) -> Image.Image:
+    """A contact sheet of `images` in rows of `columns`, without a header."""
+    cells = list(images)
+    rows = [cells[i:i + columns] for i in range(0, len(cells), columns)]
+    return contact_sheet(rows, [""] * columns, scale=scale)
+
+
 def plot(results: list[dict], baseline: dict, floor: dict, path: Path) -> None:
     import matplotlib
 
@@ -150,10 +157,8 @@ def main() -> None:
     res = model.resolution
     data = np.load(args.data)
     train, heldout = data["train"], data["heldout"]
-    identities = sorted({n.split("/")[0] for n in data["train_names"]})
-    labels = torch.tensor([identities.index(n.split("/")[0]) for n in data["train_names"]])
     net = load_or_train(args.features_cache, to_batch([Image.fromarray(im) for im in train], res),
-                        labels, len(identities), res)
+                        data["train_names"], res)
 
     sources, reference = split_by_base(data["heldout_names"])
     sources = sources[:args.count]

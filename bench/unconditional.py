@@ -1,8 +1,8 @@
 """How emoji-like are a model's unconditional samples (SDEdit from t0 = 1)? Numbers beside the picture.
 
 For each model: N samples with the paper's ancestral sampler from pure noise, then
-- white background: the share of images whose border is mostly white. 95 % of the emoji are
-  drawn on white; an undertrained model paints frame-filling colour fields instead, which this
+- white background: the share of images whose border is mostly white. 99 % of the training
+  emoji are drawn on white; an undertrained model paints frame-filling colour fields instead, which this
   counts directly.
 - KID (x 1e3) to the held-out emoji in two feature spaces of bench/features.py: *local*
   (patches: outlines, shading, texture) and *pooled* (the whole image: which emoji-like thing
@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from bench.features import kid_values, load_or_train, local_features
-from bench.realism_faithfulness import contact_sheet, to_batch
+from bench.realism_faithfulness import grid_sheet, to_batch
 from models.loader import load_model
 from models.sdedit import sdedit
 
@@ -83,10 +83,8 @@ def main() -> None:
     data = np.load(args.data)
     first = load_model(args.models[0])
     res = first.resolution
-    identities = sorted({n.split("/")[0] for n in data["train_names"]})
-    labels = torch.tensor([identities.index(n.split("/")[0]) for n in data["train_names"]])
     train = to_batch([Image.fromarray(im) for im in data["train"]], res)
-    net = load_or_train(args.features_cache, train, labels, len(identities), res)
+    net = load_or_train(args.features_cache, train, data["train_names"], res)
     heldout = to_batch([Image.fromarray(im) for im in data["heldout"]], res)
     real_local, real_pooled = local_features(net, heldout), pooled_features(net, heldout)
 
@@ -99,9 +97,7 @@ def main() -> None:
         rows[f"samples of `{name}`"] = score(images, net, real_local, real_pooled)
         if args.sheets is not None:
             args.sheets.mkdir(parents=True, exist_ok=True)
-            cells = list(images[:48])
-            sheet = contact_sheet([cells[i:i + 8] for i in range(0, len(cells), 8)], [""] * 8)
-            sheet.save(args.sheets / f"samples-{Path(name).name}.png")
+            grid_sheet(images[:48]).save(args.sheets / f"samples-{Path(name).name}.png")
 
     lines = [f"{args.count} images per row at {res} px; samples: 1000 ancestral steps from t0 = 1, "
              f"seeds {args.seed}..{args.seed + args.count - 1}. KID x 1e3 to the "
