@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from jobs.rules import SamplingParameters
 from models.loader import load_model
 from models.network import ScoreModel
-from models.sdedit import EditParams
 from worker.engine import Engine
 
 
@@ -85,7 +85,7 @@ def replay(model: ScoreModel, jobs: list[Job], policy: str, max_batch: int) -> l
             waiting.remove(job)
             job.admitted = time.perf_counter() - start
             engine.admit(job.id, "m", guide, mask if job.masked else None,
-                         EditParams(t0=job.t0, steps=job.steps), samples=1, seed=0)
+                         SamplingParameters(t0=job.t0, steps=job.steps), samples=1, seed=0)
         for done in engine.step():
             by_id[done.id].finished = time.perf_counter() - start
     return jobs
@@ -130,7 +130,7 @@ def gpu_mode(args: argparse.Namespace) -> None:
     for batch_size in (1, 2, 4, 8, 16, 32):
         slots = SlotBatch(model)
         for i in range(batch_size):
-            slots.add(Slot(guide=torch.rand(3, 256, 256), params=EditParams(t0=1.0), seed=i))
+            slots.add(Slot(guide=torch.rand(3, 256, 256), params=SamplingParameters(t0=1.0), seed=i))
         with torch.inference_mode():
             for _ in range(3):
                 slots.step()

@@ -53,7 +53,7 @@ class EmojiClassifier(nn.Module):
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, classes: int, resolution: int,
                      epochs: int = 30, seed: int = 0) -> EmojiClassifier:
     """images: (N, 3, H, W) in [0, 1] at `resolution`; labels: (N,) identity indices."""
-    from models.train import augment  # the diffusion model's own augmentation: flip, shift, zoom
+    from training.train import augment  # the diffusion model's own augmentation: flip, shift, zoom
 
     torch.manual_seed(seed)
     net = EmojiClassifier(classes, resolution)

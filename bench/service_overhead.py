@@ -25,9 +25,9 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from service.redis_conn import connect, socket_url
-from service.settings import Settings
-from worker import rq_adapter
+from jobs.connection import connect, socket_url
+from jobs.queue import TERMINAL, edit_of, fetch, rq_queue
+from jobs.settings import Settings
 
 
 def png(size: int) -> bytes:
@@ -107,7 +107,7 @@ def main() -> None:
             response = client.post("/v1/edits", data=fields, files={"image": ("g.png", image)})
             response.raise_for_status()
         accept_rate = args.submits / (time.perf_counter() - start)
-        connection.delete(rq_adapter.queue_for(connection, args.model).key)  # drop the backlog
+        connection.delete(rq_queue(connection, args.model).key)  # drop the backlog
 
         worker = subprocess.Popen([sys.executable, "-m", "cli", "worker"], env=env,
                                   stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
@@ -117,10 +117,10 @@ def main() -> None:
         for _ in range(args.jobs + 2):
             response = client.post("/v1/edits", data=fields, files={"image": ("g.png", image)})
             job_id = response.json()["id"]
-            while client.get(f"/v1/edits/{job_id}").json()["status"] not in rq_adapter.TERMINAL:
+            while client.get(f"/v1/edits/{job_id}").json()["status"] not in TERMINAL:
                 time.sleep(0.05)  # latency comes from server timestamps; polling must not load the CPU
-            job = rq_adapter.fetch(connection, job_id)
-            latency = (job.ended_at - rq_adapter.contract_of(job).created_at).total_seconds()
+            job = fetch(connection, job_id)
+            latency = (job.ended_at - edit_of(job).created_at).total_seconds()
             latencies.append(latency)
             overheads.append(latency - compute)
         overheads, latencies = overheads[2:], latencies[2:]  # the first jobs warm the worker up

@@ -17,7 +17,8 @@ import time
 import torch
 
 from bench.networks import CONFIGS, random_vp_model
-from models.sdedit import EditParams, Slot, SlotBatch
+from jobs.rules import SamplingParameters
+from models.sdedit import Slot, SlotBatch
 
 
 def median_seconds(fn, reps: int) -> float:
@@ -44,7 +45,7 @@ def measure(name: str, batch: int, reps: int, masked: bool, device: str) -> tupl
     mask[:, : size // 2] = 1
     for i in range(batch):
         # t0 = 1 with every level: the slots never finish during the measurement.
-        slots.add(Slot(guide=torch.rand(3, size, size), params=EditParams(t0=1.0), seed=i,
+        slots.add(Slot(guide=torch.rand(3, size, size), params=SamplingParameters(t0=1.0), seed=i,
                        mask=mask if masked else None))
     step = median_seconds(slots.step, reps)
     return forward, step

@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.settings import Settings
+    from jobs.settings import Settings
 
     settings = Settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
         return 0
     if args.part == "worker":
-        from service.redis_conn import connect
+        from jobs.connection import connect
         from worker.main import run_worker
 
         run_worker(settings, connect(settings), burst=args.burst)
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
 def up(settings) -> int:
     """Everything on one machine: a real Redis (embedded unless REDIS_URL), the API, one worker."""
-    from service.redis_conn import connect, socket_url, stop_embedded
+    from jobs.connection import connect, socket_url, stop_embedded
 
     env = dict(os.environ)
     embedded = None

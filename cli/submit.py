@@ -7,21 +7,16 @@ import os
 import sys
 from pathlib import Path
 
-from cli.edit import _positive, _t0
+from cli.edit import parameter_arguments, parameters
+from jobs.rules import OUTPUT_FORMATS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("guide", type=Path, help="guide image")
     parser.add_argument("--mask", type=Path, help="mask image: white may change, black is kept")
-    parser.add_argument("--t0", type=_t0, default=0.5, help="noise strength in (0, 1]")
-    parser.add_argument("--steps", type=_positive)
-    parser.add_argument("--sampler", choices=["ancestral", "ddim", "pc"])
-    parser.add_argument("--eta", type=float)
-    parser.add_argument("--repeats", type=_positive)
-    parser.add_argument("-n", "--samples", type=_positive, default=1)
-    parser.add_argument("--seed", type=int, default=0)
+    parameter_arguments(parser, defaults=False)
     parser.add_argument("--model", help="served model name (default: the service's default)")
-    parser.add_argument("--format", dest="output_format", choices=["png", "webp"])
+    parser.add_argument("--format", dest="output_format", choices=OUTPUT_FORMATS)
     parser.add_argument("--url", default=os.environ.get("SDEDIT_URL", "http://127.0.0.1:8000"))
     parser.add_argument("--api-key", default=os.environ.get("SDEDIT_API_KEY"))
     parser.add_argument("--wait", action="store_true", help="wait with a progress bar, then download")
@@ -37,6 +32,12 @@ def run(args: argparse.Namespace) -> int:
         if path is not None and not path.is_file():
             print(f"sdedit: error: {path}: no such file", file=sys.stderr)
             return 2
+    # Ranges are checked here as the API checks them; the model's own rules by the API.
+    try:
+        parameters(args, model=args.model, output_format=args.output_format)
+    except ValueError as exc:
+        print(f"sdedit: error: {exc}", file=sys.stderr)
+        return 2
     params = {k: getattr(args, k) for k in ("t0", "steps", "sampler", "eta", "repeats", "samples",
                                             "seed", "model", "output_format")}
     try:

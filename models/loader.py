@@ -58,13 +58,12 @@ def sde_from_scheduler_config(config: dict) -> tuple[SDE, str]:
             raise ModelLoadError(f"unsupported VP noise schedule: {exc}") from exc
         return VPSDE(tuple(scheduler.betas.double().tolist())), prediction_type
     if kind in VE_SCHEDULERS:
-        return VESDE(
-            sigma_min=float(config.get("sigma_min", 0.01)),
-            sigma_max=float(config.get("sigma_max", 1348.0)),
-            n=int(config.get("num_train_timesteps", 2000)),
-            snr=float(config.get("snr", 0.15)),
-            correct_steps=int(config.get("correct_steps", 1)),
-        ), "score"
+        # A key the config omits takes VESDE's default (diffusers' default too).
+        names = {"sigma_min": ("sigma_min", float), "sigma_max": ("sigma_max", float),
+                 "num_train_timesteps": ("n", int), "snr": ("snr", float),
+                 "correct_steps": ("correct_steps", int)}
+        return VESDE(**{field: cast(config[key]) for key, (field, cast) in names.items()
+                        if config.get(key) is not None}), "score"
     raise ModelLoadError(
         f"unknown scheduler type {kind!r}: expected one of {VP_SCHEDULERS + VE_SCHEDULERS}")
 

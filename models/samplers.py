@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from models.sde import per_sample
+
 Coefficients = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # a, b, c: each (B,)
 
 
@@ -67,11 +69,6 @@ def ve_corrector_coefficients(score: torch.Tensor, z: torch.Tensor,
     s_norm = score.flatten(1).norm(dim=1).double().cpu()
     step = 2.0 * (snr * z_norm / s_norm) ** 2
     return torch.ones_like(step), step, (2.0 * step).sqrt()
-
-
-def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(B,) coefficients as (B, 1, 1, 1) in the dtype and device of `like`."""
-    return values.to(device=like.device, dtype=like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
 
 def apply_update(x: torch.Tensor, prediction: torch.Tensor, z: torch.Tensor,

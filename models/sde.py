@@ -15,12 +15,9 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from jobs.rules import start_level
+
 CLEAN = -1  # the level index of noise-free data
-
-
-def _check_t0(t0: float) -> None:
-    if not (isinstance(t0, (int, float)) and math.isfinite(t0) and 0.0 < t0 <= 1.0):
-        raise ValueError(f"t0 must be a number in (0, 1], got {t0!r}")
 
 
 def level_sequence(start: int, steps: int) -> list[int]:
@@ -40,7 +37,7 @@ def level_sequence(start: int, steps: int) -> list[int]:
     return sorted({int(v) for v in grid}, reverse=True)
 
 
-def _broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Per-sample values of shape (B,) as (B, 1, 1, 1) in the dtype and device of `like`."""
     return values.to(device=like.device, dtype=like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
@@ -70,19 +67,14 @@ class VPSDE:
 
     def start_level(self, t0: float) -> int:
         """The official code's n0 = round(t0 * N) noise levels, i.e. start at index n0 - 1."""
-        _check_t0(t0)
-        n0 = round(t0 * self.num_levels)
-        if n0 < 1:
-            raise ValueError(f"t0={t0} rounds to zero noise levels for a model with "
-                             f"{self.num_levels} levels; use t0 >= {0.5 / self.num_levels:g}")
-        return n0 - 1
+        return start_level(self.family, self.num_levels, t0)
 
     def abar_at(self, levels: torch.Tensor) -> torch.Tensor:
         """abar at integer levels (CLEAN gives 1), float64, shape of `levels`."""
         return self.abar.to(levels.device)[levels.long() + 1]
 
     def perturb(self, x0: torch.Tensor, levels: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        a = _broadcast(self.abar_at(levels), x0)
+        a = per_sample(self.abar_at(levels), x0)
         return a.sqrt() * x0 + (1.0 - a).sqrt() * z
 
     def to_model(self, image: torch.Tensor) -> torch.Tensor:
@@ -95,12 +87,16 @@ class VPSDE:
 
 @dataclass(frozen=True)
 class VESDE:
-    """Variance-exploding (NCSN++) schedule: x = x_0 + sigma z on a geometric grid of N sigmas."""
+    """Variance-exploding (NCSN++) schedule: x = x_0 + sigma z on a geometric grid of N sigmas.
+
+    The defaults are diffusers' ScoreSdeVeScheduler defaults, so a scheduler config that omits a
+    key means the same here as in diffusers.
+    """
 
     sigma_min: float = 0.01
-    sigma_max: float = 348.0
+    sigma_max: float = 1348.0
     n: int = 2000
-    snr: float = 0.075
+    snr: float = 0.15
     correct_steps: int = 1
 
     family = "ve"
@@ -120,14 +116,13 @@ class VESDE:
 
     def start_level(self, t0: float) -> int:
         """The grid index of sigma(t0), t on the grid k / (N - 1)."""
-        _check_t0(t0)
-        return round(t0 * (self.n - 1))
+        return start_level(self.family, self.num_levels, t0)
 
     def sigma_at(self, levels: torch.Tensor) -> torch.Tensor:
         return self.sigmas.to(levels.device)[levels.long() + 1]
 
     def perturb(self, x0: torch.Tensor, levels: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return x0 + _broadcast(self.sigma_at(levels), x0) * z
+        return x0 + per_sample(self.sigma_at(levels), x0) * z
 
     def to_model(self, image: torch.Tensor) -> torch.Tensor:
         """VE networks take [0, 1] data and centre it themselves."""

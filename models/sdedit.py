@@ -17,9 +17,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 import torch
 
+from jobs.rules import SamplingParameters, check, parse, resolve_sampler
 from models.network import ScoreModel
 from models.samplers import (
     ancestral_coefficients,
@@ -30,36 +32,9 @@ from models.samplers import (
 )
 from models.sde import CLEAN, VESDE, level_sequence
 
-SAMPLERS = {"vp": ("ancestral", "ddim"), "ve": ("pc",)}
-DEFAULT_SAMPLER = {"vp": "ancestral", "ve": "pc"}
-
-# Phase kinds: one network forward each.
+# Phase kinds: one network forward each. A sampler step is one phase, except that a VE step is
+# its Langevin corrector phases followed by its predictor phase.
 ANCESTRAL, DDIM, VE_PREDICTOR, VE_CORRECTOR = "ancestral", "ddim", "ve_predictor", "ve_corrector"
-
-
-@dataclass(frozen=True)
-class EditParams:
-    """How one sample is edited. steps=None visits every level from t0 down (the paper)."""
-
-    t0: float = 0.5
-    steps: int | None = None
-    sampler: str | None = None  # None: the family's default (ancestral for VP, pc for VE)
-    eta: float = 0.0  # DDIM only: 0 deterministic, 1 DDPM-like
-    repeats: int = 1  # K sequential passes of the official code (it uses K = 3)
-
-    def validate(self, family: str) -> None:
-        if not (isinstance(self.t0, (int, float)) and math.isfinite(self.t0)
-                and 0.0 < self.t0 <= 1.0):
-            raise ValueError(f"t0 must be in (0, 1], got {self.t0!r}")
-        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
-            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
-        if self.sampler is not None and self.sampler not in SAMPLERS[family]:
-            raise ValueError(f"sampler {self.sampler!r} does not apply to a {family.upper()} model; "
-                             f"choose one of {SAMPLERS[family]}")
-        if not (math.isfinite(self.eta) and 0.0 <= self.eta <= 1.0):
-            raise ValueError(f"eta must be in [0, 1], got {self.eta!r}")
-        if not isinstance(self.repeats, int) or self.repeats < 1:
-            raise ValueError(f"repeats must be a positive integer, got {self.repeats!r}")
 
 
 @dataclass
@@ -67,12 +42,13 @@ class Slot:
     """One sample being edited: inputs, seed, and its place in its own level schedule."""
 
     guide: torch.Tensor  # (C, H, W) in [0, 1]
-    params: EditParams
+    params: SamplingParameters  # steps=None visits every level from t0 down (the paper)
     seed: int
     mask: torch.Tensor | None = None  # (1, H, W) in [0, 1]; None edits everything
     key: Hashable = None  # the caller's handle (job id, sample index)
     # Filled in by SlotBatch.
     phases: list[tuple[str, int, int]] = field(default_factory=list)  # (kind, level, next level)
+    steps_before: list[int] = field(default_factory=lambda: [0])  # sampler steps before phase i
     position: int = 0
     repeat: int = 0
     x: torch.Tensor | None = None
@@ -84,12 +60,15 @@ class Slot:
     result: torch.Tensor | None = None
 
     @property
-    def total_phases(self) -> int:
-        return len(self.phases) * self.params.repeats
+    def total_steps(self) -> int:
+        """Reverse sampler steps over all repeats (the unit of progress)."""
+        return self.steps_before[-1] * self.params.repeats
 
     @property
-    def done_phases(self) -> int:
-        return self.repeat * len(self.phases) + self.position
+    def done_steps(self) -> int:
+        if self.finished:
+            return self.total_steps
+        return self.repeat * self.steps_before[-1] + self.steps_before[self.position]
 
     @property
     def finished(self) -> bool:
@@ -111,7 +90,7 @@ def check_inputs(model: ScoreModel, guide: torch.Tensor, mask: torch.Tensor | No
             raise ValueError("mask values must be finite and in [0, 1] (1 = may change)")
 
 
-def plan_phases(model: ScoreModel, params: EditParams) -> list[tuple[str, int, int]]:
+def plan_phases(model: ScoreModel, params: SamplingParameters) -> list[tuple[str, int, int]]:
     """The network evaluations of one pass: (kind, level, level after the update)."""
     sde = model.sde
     start = sde.start_level(params.t0)
@@ -123,7 +102,7 @@ def plan_phases(model: ScoreModel, params: EditParams) -> list[tuple[str, int, i
             phases += [(VE_CORRECTOR, level, level)] * sde.correct_steps
             phases.append((VE_PREDICTOR, level, prev))
         return phases
-    kind = DDIM if params.sampler == "ddim" else ANCESTRAL
+    kind = DDIM if resolve_sampler(params, sde.family) == "ddim" else ANCESTRAL
     return [(kind, level, prev) for level, prev in zip(levels, following, strict=True)]
 
 
@@ -170,12 +149,14 @@ class SlotBatch:
     def add(self, slot: Slot) -> Slot:
         """Validate a slot, perturb its guide to t0 and make it active from the next iteration."""
         model = self.model
-        slot.params.validate(model.sde.family)
+        check(slot.params, model.sde.family, model.sde.num_levels)
         check_inputs(model, slot.guide, slot.mask)
         slot.guide = slot.guide.to(model.device, torch.float32)
         if slot.mask is not None:
             slot.mask = slot.mask.to(model.device, torch.float32)
         slot.phases = plan_phases(model, slot.params)
+        slot.steps_before = list(accumulate((kind != VE_CORRECTOR for kind, _, _ in slot.phases),
+                                            initial=0))
         slot.table = coefficient_table(model, slot.phases, slot.params.eta)
         slot.generator = torch.Generator(device=model.device).manual_seed(int(slot.seed))
         self._start_pass(slot, model.sde.to_model(slot.guide))
@@ -297,7 +278,7 @@ def sdedit(model: ScoreModel, guide: torch.Tensor, mask: torch.Tensor | None = N
     mask: None, (1, H, W) for all guides, or (B, 1, H, W); 1 = may change, 0 = keep.
     t0: one value, or one per guide image. Output k of guide b is sample b * samples + k and
     uses the random seed `seed + b * samples + k`, so any single sample can be reproduced alone.
-    progress(done, total) is called after every network forward.
+    progress(done, total) is called after every network forward, in sampler steps of all samples.
     """
     if guide.dim() == 3:
         guide = guide[None]
@@ -317,15 +298,14 @@ def sdedit(model: ScoreModel, guide: torch.Tensor, mask: torch.Tensor | None = N
     batch = SlotBatch(model)
     slots = []
     for b in range(count):
-        params = EditParams(t0=t0s[b], steps=steps, sampler=sampler, eta=eta, repeats=repeats)
+        params = parse(SamplingParameters, t0=t0s[b], steps=steps, sampler=sampler, eta=eta,
+                       repeats=repeats)
         for k in range(samples):
             slots.append(batch.add(Slot(guide=guide[b], mask=masks[b], params=params,
                                         seed=seed + b * samples + k, key=(b, k))))
-    total = sum(s.total_phases for s in slots)
-    done = 0
+    total = sum(s.total_steps for s in slots)
     while batch.active:
         batch.step()
-        done = sum(s.total_phases if s.finished else s.done_phases for s in slots)
         if progress is not None:
-            progress(done, total)
+            progress(sum(s.done_steps for s in slots), total)
     return torch.stack([s.result for s in slots]).cpu()

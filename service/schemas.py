@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.contract import EditParameters
+from jobs.rules import EditParameters
 
 Status = Literal["queued", "started", "finished", "failed", "canceled"]
 
@@ -26,8 +26,9 @@ class Accepted(BaseModel):
 
 
 class Progress(BaseModel):
-    step: int = Field(description="network forwards done (sampler steps x repeats)")
-    total: int
+    step: int = Field(description="reverse sampler steps done, over all repeats (a VE step's "
+                                  "corrector forwards count with its predictor)")
+    total: int = Field(description="reverse sampler steps of the whole edit (steps x repeats)")
 
 
 class EditStatus(BaseModel):

@@ -10,8 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from jobs.queue import JobQueue
+from jobs.settings import Settings
 from service.app import create_app
-from service.settings import Settings
 
 KEY, OTHER_KEY = "key-alice", "key-bob"
 
@@ -37,7 +38,7 @@ def service(vp_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture()
 def client(service):
     client, settings = service
-    client.app.state.redis.flushall()
+    client.app.state.queue.connection.flushall()
     return client
 
 
@@ -49,16 +50,16 @@ def settings(service):
 @pytest.fixture(scope="module")
 def runner(service):
     """A worker's engine on the same Redis, driven in-process (burst) by the tests."""
-    from worker.main import JobRunner, build_engine
+    from worker.main import EditRunner, build_engine
 
     client, settings = service
-    return JobRunner(build_engine(settings), client.app.state.redis, settings)
+    return EditRunner(build_engine(settings), client.app.state.queue, settings)
 
 
 def run_worker(runner, settings) -> None:
     from worker.rq_adapter import BatchWorker
 
-    BatchWorker(settings.models, runner, connection=runner.connection).work(burst=True)
+    BatchWorker(settings.models, runner, connection=runner.queue.connection).work(burst=True)
 
 
 def submit(client, settings, **fields):
@@ -112,13 +113,39 @@ def test_json_submission_with_mask_and_webp_output(client, settings, runner):
     ({"samples": "5"}, 422, "samples: at most 4 per job"),
     ({"sampler": "euler"}, 422, "sampler"),
     ({"model": "nope"}, 404, "unknown model 'nope'"),
-    ({"colour": "red"}, 422, "unknown field(s): colour"),
+    ({"colour": "red"}, 422, "colour: unknown field(s)"),
 ])
 def test_bad_inputs_get_4xx_json_naming_the_problem(client, settings, change, status, message):
     response = submit(client, settings, **change)
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["status"] == status and message in error["message"]
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"sampler": "pc"}, "sampler: 'pc' does not apply to a VP model; choose one of ancestral, ddim"),
+    ({"t0": "0.0004", "steps": ""}, "t0: 0.0004 rounds to zero noise levels for a model with 1000"),
+    ({"t0": "0.01", "steps": "11"}, "steps: at most 10 for t0=0.01 on this model"),
+])
+def test_what_the_worker_would_reject_the_api_rejects_first(client, settings, runner, change,
+                                                           message):
+    runner.publish()  # the model's spec, as a live worker publishes it
+    response = submit(client, settings, **change)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["message"].startswith(message)
+    # The same parameters reach a worker only through the queue; nothing was queued.
+    assert client.get("/metrics").text.count("sdedit_queue_depth{") == 1
+    assert client.app.state.queue.depth(settings.models[0]) == 0
+
+
+def test_the_model_spec_outlives_its_workers(client, settings, runner):
+    """A queued edit for a model whose workers are all down is still checked by its rules."""
+    runner.publish()
+    client.app.state.queue.connection.delete(f"sdedit:model:{settings.models[0]}:alive")
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/v1/models").json()["models"][0]["available"] is False
+    assert submit(client, settings, sampler="pc").status_code == 422
+    assert submit(client, settings, sampler="ddim").status_code == 202
 
 
 def test_bad_bodies(client, settings):
@@ -176,6 +203,8 @@ def test_models_and_readiness_follow_the_workers(client, settings, runner):
     assert client.get("/readyz").json() == {"status": "ready"}
     info = client.get("/v1/models").json()["models"][0]
     assert info["family"] == "vp" and info["resolution"] == 16 and info["default_sampler"] == "ancestral"
+    assert info["available"] is True and info["levels"] == 1000
+    assert info["samplers"] == ["ancestral", "ddim"] and info["defaults"]["t0"] == 0.5
 
 
 def test_metrics_count_requests_and_queue_depth(client, settings):
@@ -215,20 +244,23 @@ def test_slots_waiting_counts_the_samples_of_queued_jobs(client, settings, runne
 def test_a_queued_job_waits_at_most_max_wait_s_for_a_full_batch(client, settings, max_wait_s):
     from prometheus_client import REGISTRY
 
-    from worker.main import JobRunner, build_engine
-    from worker.rq_adapter import BatchWorker, fetch
+    from jobs.queue import fetch
+    from worker.main import EditRunner, build_engine
+    from worker.rq_adapter import BatchWorker
 
     small = settings.model_copy(update={"max_batch": 2, "max_samples": 2,
                                         "max_wait_s": max_wait_s})
-    runner = JobRunner(build_engine(small), client.app.state.redis, small)
+    runner = EditRunner(build_engine(small), JobQueue(client.app.state.queue.connection, small),
+                        small)
     model = settings.models[0]
     admissions = REGISTRY.get_sample_value("sdedit_worker_wait_bound_admissions_total",
                                            {"model": model}) or 0
-    long = submit(client, settings, samples="2", t0="1.0", steps="2000").json()["id"]
+    long = submit(client, settings, samples="2", t0="1.0", steps="1000").json()["id"]
     short = submit(client, settings, samples="1").json()["id"]
-    BatchWorker(small.models, runner, connection=runner.connection,
+    connection = runner.queue.connection
+    BatchWorker(small.models, runner, connection=connection,
                 max_wait_s=small.max_wait_s).work(burst=True)
-    long_job, short_job = fetch(runner.connection, long), fetch(runner.connection, short)
+    long_job, short_job = fetch(connection, long), fetch(connection, short)
     assert long_job.get_status() == short_job.get_status() == "finished"
     bounded = max_wait_s < float("inf")
     # Bounded: the short job joins the full batch mid-way and is done long before the long one.
@@ -246,15 +278,15 @@ def test_rq_registries_show_the_truth(client, settings, runner):
         StartedJobRegistry,
     )
 
-    from worker import rq_adapter
+    from jobs.queue import rq_queue
 
-    connection = client.app.state.redis
+    connection = client.app.state.queue.connection
     done = submit(client, settings).json()["id"]
     canceled = submit(client, settings).json()["id"]
     client.delete(f"/v1/edits/{canceled}")
     connection.delete(f"sdedit:input:{submit(client, settings).json()['id']}:guide")  # lost input
     run_worker(runner, settings)
-    queue = rq_adapter.queue_for(connection, settings.models[0])
+    queue = rq_queue(connection, settings.models[0])
     assert FinishedJobRegistry(queue=queue).get_job_ids() == [done]
     assert CanceledJobRegistry(queue=queue).get_job_ids() == [canceled]
     failed = FailedJobRegistry(queue=queue).get_job_ids()
@@ -269,7 +301,7 @@ def test_jobs_travel_as_json_not_pickle(client, settings):
     import zlib
 
     job_id = submit(client, settings).json()["id"]
-    raw = client.app.state.redis.hget(f"rq:job:{job_id}", "data")
+    raw = client.app.state.queue.connection.hget(f"rq:job:{job_id}", "data")
     payload = json.loads(zlib.decompress(raw))
     assert payload[0] == "worker.tasks.run_edit" and payload[3]["job"]["id"] == job_id
 
@@ -277,18 +309,18 @@ def test_jobs_travel_as_json_not_pickle(client, settings):
 def test_a_job_over_its_timeout_fails_with_the_reason(client, settings, runner):
     from datetime import UTC, datetime
 
-    from service.contract import EditJob, input_key
-    from worker import rq_adapter
+    from jobs.contract import EditJob
+    from jobs.queue import failure_reason, fetch, state_of
 
-    connection = client.app.state.redis
-    job = EditJob(id="slow", owner="x", created_at=datetime.now(UTC), width=24, height=24,
-                  model=settings.models[0], t0=1.0)  # 1000 levels: far more than a second
-    connection.set(input_key(job.id, "guide"), png())
-    rq_adapter.enqueue_edit(connection, job, result_ttl=600, timeout=1)
+    queue = JobQueue(client.app.state.queue.connection, settings.model_copy(
+        update={"job_timeout_s": 1}))
+    edit = EditJob(id="slow", owner="x", created_at=datetime.now(UTC), width=24, height=24,
+                   model=settings.models[0], t0=1.0)  # 1000 levels: far more than a second
+    queue.submit(edit, png(), None)
     run_worker(runner, settings)
-    rq_job = rq_adapter.fetch(connection, "slow")
-    assert rq_adapter.status_of(rq_job) == "failed"
-    assert "exceeded its timeout of 1 s" in rq_adapter.failure_reason(rq_job)
+    job = fetch(queue.connection, "slow")
+    assert state_of(job) == "failed"
+    assert "exceeded its timeout of 1 s" in failure_reason(job)
 
 
 def test_redis_down_is_503(settings, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cli.main import COMMANDS
-from service.settings import Settings
+from jobs.settings import Settings
 
 README = (Path(__file__).parents[1] / "README.md").read_text()
 

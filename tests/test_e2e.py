@@ -16,7 +16,7 @@ from tests.conftest import free_port
 EXAMPLES = Path(__file__).parents[1] / "examples"
 
 
-def test_up_serves_edits_and_stops_cleanly_on_ctrl_c(running_service, vp_dir, tmp_path):
+def test_up_serves_edits_and_stops_cleanly_on_ctrl_c(running_service, vp_dir, tmp_path, capsys):
     url, process = running_service
     with SDEditClient(url) as client:
         job = client.submit(EXAMPLES / "smiley.png", EXAMPLES / "smiley-mouth-mask.png",
@@ -32,6 +32,13 @@ def test_up_serves_edits_and_stops_cleanly_on_ctrl_c(running_service, vp_dir, tm
     code = cli_main(["submit", str(EXAMPLES / "heart.png"), "--model", str(vp_dir), "--url", url,
                      "--t0", "0.3", "--steps", "4", "--wait", "-o", str(out)])
     assert code == 0 and (out / "heart-0.png").is_file()
+    # The model's own rules reach the CLI through the API's 422, before any job exists.
+    code = cli_main(["submit", str(EXAMPLES / "heart.png"), "--model", str(vp_dir), "--url", url,
+                     "--sampler", "pc"])
+    assert code == 2
+    assert capsys.readouterr().err.endswith(
+        "sdedit: error: sampler: 'pc' does not apply to a VP model; choose one of ancestral, ddim "
+        "(HTTP 422)\n")
 
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=60)

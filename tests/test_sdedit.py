@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
+from jobs.rules import SamplingParameters
 from models.samplers import ancestral_step
 from models.sde import level_sequence
-from models.sdedit import EditParams, Slot, SlotBatch, sdedit
+from models.sdedit import Slot, SlotBatch, sdedit
 
 
 def rand(shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -44,7 +45,7 @@ def test_kept_region_is_blended_at_the_level_the_step_reaches(vp_model):
     sde = vp_model.sde
     guide, mask = quantised_guide(2), square_mask()
     batch = SlotBatch(vp_model)
-    slot = batch.add(Slot(guide=guide, mask=mask, params=EditParams(t0=0.1, steps=5), seed=42))
+    slot = batch.add(Slot(guide=guide, mask=mask, params=SamplingParameters(t0=0.1, steps=5), seed=42))
     gen = torch.Generator().manual_seed(42)
     z0, z1 = torch.randn((3, 16, 16), generator=gen), torch.randn((3, 16, 16), generator=gen)
     level, following = level_sequence(99, 5)[:2]
@@ -98,7 +99,7 @@ def _mixed_slots(model_name: str) -> list[Slot]:
     samplers = ["ancestral", "ddim"] if model_name == "vp_model" else ["pc", "pc"]
     slots = []
     for i in range(7):
-        params = EditParams(t0=[0.05, 0.1, 0.15, 0.2, 0.08, 0.12, 0.3][i], steps=[8, 12, 30][i % 3],
+        params = SamplingParameters(t0=[0.05, 0.1, 0.15, 0.2, 0.08, 0.12, 0.3][i], steps=[8, 12, 30][i % 3],
                             sampler=samplers[i % 2], eta=0.5 * (i % 2))
         slots.append(Slot(guide=quantised_guide(20 + i), params=params, seed=100 + i,
                           mask=square_mask() if i % 3 == 0 else None, key=i))
@@ -112,7 +113,7 @@ def test_a_sample_alone_equals_the_same_sample_in_a_mixed_batch_of_8(request, mo
 
     def target() -> Slot:
         return Slot(guide=quantised_guide(9), mask=square_mask(lo=2, hi=12),
-                    params=EditParams(t0=0.1, steps=10, sampler=sampler, eta=0.3),
+                    params=SamplingParameters(t0=0.1, steps=10, sampler=sampler, eta=0.3),
                     seed=1234, key="target")
 
     alone = SlotBatch(model)
@@ -146,15 +147,17 @@ def test_removed_slots_leave_the_batch(vp_model):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"t0": 0.0}, "t0 must be in"),
-    ({"t0": 1.5}, "t0 must be in"),
-    ({"t0": math.nan}, "t0 must be in"),
-    ({"steps": 0}, "steps must be a positive integer"),
-    ({"repeats": 0}, "repeats must be a positive integer"),
+    ({"t0": 0.0}, "^t0: Input should be greater than 0$"),
+    ({"t0": 1.5}, "^t0: Input should be less than or equal to 1$"),
+    ({"t0": math.nan}, "^t0: Input should be a finite number$"),
+    ({"t0": 0.0004}, "^t0: 0.0004 rounds to zero noise levels for a model with 1000 levels"),
+    ({"steps": 0}, "^steps: Input should be greater than or equal to 1$"),
+    ({"t0": 0.01, "steps": 11}, "^steps: at most 10 for t0=0.01 on this model"),
+    ({"repeats": 0}, "^repeats: Input should be greater than or equal to 1$"),
     ({"samples": 0}, "samples must be a positive integer"),
-    ({"sampler": "pc"}, "does not apply to a VP model"),
-    ({"sampler": "euler"}, "does not apply"),
-    ({"eta": 2.0}, "eta must be in"),
+    ({"sampler": "pc"}, "^sampler: 'pc' does not apply to a VP model; choose one of ancestral, ddim$"),
+    ({"sampler": "euler"}, "^sampler: Input should be 'ancestral', 'ddim' or 'pc'$"),
+    ({"eta": 2.0}, "^eta: Input should be less than or equal to 1$"),
     ({"t0": [0.5, 0.5]}, "t0 has 2 values for 1 guide"),
 ])
 def test_bad_parameters_raise_clear_errors(vp_model, kwargs, message):

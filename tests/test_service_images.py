@@ -66,8 +66,8 @@ def test_an_unaccepted_format_is_unsupported():
     assert error.value.status == 415
 
 
-def test_the_service_package_imports_no_torch():
-    code = ("import sys, service.app, service.client, service.contract, service.settings, "
-            "service.images, worker.rq_adapter, cli.main; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+def test_the_api_and_the_jobs_layer_import_no_torch():
+    code = ("import sys, service.app, service.client, service.images, jobs.contract, "
+            "jobs.settings, jobs.queue, jobs.rules, jobs.connection, cli.main; "
+            "assert not {'torch', 'transformers'} & set(sys.modules), 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -71,7 +71,8 @@ def test_distance_to_the_guide_grows_with_t0(model):
     guide = (0.5 + 0.25 * noise).clamp(0, 1)  # a plausible sample of the data
     distances = []
     for t0 in (0.02, 0.1, 0.2, 0.35, 0.5):
-        out = sdedit(model, guide, t0=t0, steps=60, seed=3)
+        # At most 60 steps; t0 = 0.02 has only 20 levels to visit, so it visits them all.
+        out = sdedit(model, guide, t0=t0, steps=60 if t0 > 0.06 else None, seed=3)
         distances.append(float((out - guide).pow(2).mean().sqrt()))
     assert distances == sorted(distances), distances
     assert distances[0] < 0.06  # small t0 stays faithful

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from models.loader import load_model
 from models.sde import VPSDE
-from models.train import main as train_main
+from training.train import main as train_main
 
 DATA = Path(__file__).parents[1] / "data" / "emoji" / "emoji.npz"
 
@@ -65,7 +65,7 @@ def test_training_stopped_and_resumed_equals_uninterrupted_training(tiny_data, t
                                                                       monkeypatch):
     run(tiny_data, tmp_path / "straight", 6)
     with monkeypatch.context() as patch:
-        patch.setattr("models.train.StopFlag", StopAfter)
+        patch.setattr("training.train.StopFlag", StopAfter)
         run(tiny_data, tmp_path / "resumed", 6)
     assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["step"] == 3
     assert not (tmp_path / "resumed" / "model").exists()  # a stopped run does not export
@@ -90,7 +90,7 @@ def test_exported_model_loads_through_the_public_loader(tiny_data, tmp_path):
 
 
 def test_sample_sheet_uses_the_sdedit_sampler(tiny_data, tmp_path):
-    from models.train import ddim_sample, model_from_checkpoint
+    from training.train import ddim_sample, model_from_checkpoint
 
     run(tiny_data, tmp_path / "run", 1)
     ema = model_from_checkpoint(torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False))
@@ -116,7 +116,7 @@ def test_init_from_an_exported_model_continues_from_its_weights(tiny_data, tmp_p
 
 
 def test_snr_weight_caps_low_noise_and_turns_into_x0_loss_at_high_noise():
-    from models.train import snr_weight
+    from training.train import snr_weight
 
     snr = torch.tensor([1000.0, 5.0, 1.0, 0.1, 1e-3])
     inf = float("inf")

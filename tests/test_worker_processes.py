@@ -15,10 +15,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from jobs.connection import socket_url
+from jobs.queue import fetch
+from jobs.settings import Settings
 from service.app import create_app
-from service.redis_conn import socket_url
-from service.settings import Settings
-from worker import rq_adapter
 
 
 def png() -> bytes:
@@ -43,7 +43,7 @@ def stack(vp_dir: Path, tmp_path: Path):
                         heartbeat_s=1.0, maintenance_s=1)
     workers: list[subprocess.Popen] = []
     with TestClient(create_app(settings)) as client:
-        env = {**os.environ, "SDEDIT_REDIS_URL": socket_url(client.app.state.redis),
+        env = {**os.environ, "SDEDIT_REDIS_URL": socket_url(client.app.state.queue.connection),
                "SDEDIT_MODELS": f'["{vp_dir}"]', "SDEDIT_HEARTBEAT_S": "1",
                "SDEDIT_MAINTENANCE_S": "1", "SDEDIT_METRICS_PORT": "0", "OMP_NUM_THREADS": "1"}
 
@@ -102,15 +102,36 @@ def test_a_job_whose_worker_dies_twice_fails_with_a_reason(stack):
     runners: set[str] = set()
 
     def started_by_a_new_worker() -> bool:
-        job = rq_adapter.fetch(client.app.state.redis, job_id)
+        job = fetch(client.app.state.queue.connection, job_id)
         return job.get_status() == "started" and job.worker_name not in runners
 
     for attempt in range(2):
         worker = start_worker()
         until(started_by_a_new_worker, 60, f"attempt {attempt} to start")
-        runners.add(rq_adapter.fetch(client.app.state.redis, job_id).worker_name)
+        runners.add(fetch(client.app.state.queue.connection, job_id).worker_name)
         worker.send_signal(signal.SIGKILL)
         worker.wait()
     start_worker()
     until(lambda: status(job_id)["status"] == "failed", 60, "the job to fail")
     assert "Abandoned" in (status(job_id)["error"] or "")
+
+
+def test_rq_suspend_pauses_taking_jobs_and_rq_resume_resumes(stack):
+    """`rq suspend` as an operator runs it: the running job finishes, queued ones wait."""
+    client, start_worker, submit, status = stack
+    url = socket_url(client.app.state.queue.connection)
+    rq = Path(sys.executable).with_name("rq")
+
+    def rq_command(name: str) -> None:
+        subprocess.run([str(rq), name, "--url", url], check=True, capture_output=True)
+
+    start_worker()
+    running = submit(t0="0.4", steps="400")
+    until(lambda: status(running)["progress"]["step"] > 0, 60, "the first job to start")
+    rq_command("suspend")
+    waiting = submit(t0="0.1", steps="3")
+    until(lambda: status(running)["status"] == "finished", 60, "the running job to finish")
+    time.sleep(2.5)  # several admission rounds of a worker that would otherwise take it at once
+    assert status(waiting)["status"] == "queued" and status(waiting)["position"] == 0
+    rq_command("resume")
+    until(lambda: status(waiting)["status"] == "finished", 30, "the queued job after resume")

@@ -1,9 +1,9 @@
-"""The batching engine: edit jobs become slots that share every network forward of their model.
+"""The batching engine: edits become slots that share every network forward of their model.
 
-An `Engine` holds loaded models and one `SlotBatch` each. `admit` turns a job (its decoded
+An `Engine` holds loaded models and one `SlotBatch` each. `admit` turns an edit (its decoded
 inputs and parameters) into one slot per sample; `step` runs one iteration of every model that
-has work, so jobs that arrive while others are mid-way join at the next step and finished
-jobs leave at once. Nothing here knows about Redis or RQ.
+has work, so edits that arrive while others are mid-way join at the next step and finished
+edits leave at once. Nothing here knows about Redis or RQ.
 """
 
 from __future__ import annotations
@@ -14,28 +14,29 @@ from dataclasses import dataclass, field
 
 import torch
 
+from jobs.rules import SamplingParameters, check
 from models.network import ScoreModel
-from models.sdedit import EditParams, Slot, SlotBatch
+from models.sdedit import Slot, SlotBatch, check_inputs
 
 
 @dataclass
-class EngineJob:
-    """A job inside the engine: its slots, and what it produced once they are all done."""
+class RunningEdit:
+    """An edit inside the engine: its slots, and what it produced once they are all done."""
 
     id: str
     model: str
     slots: list[Slot]
     results: list[torch.Tensor] = field(default_factory=list)
 
-    # A job's samples share parameters, so they advance in lockstep: progress is one sample's
-    # network forwards (steps x repeats, and corrector phases for VE).
+    # An edit's samples share parameters, so they advance in lockstep: progress is one
+    # sample's sampler steps (over all repeats).
     @property
     def total(self) -> int:
-        return self.slots[0].total_phases
+        return self.slots[0].total_steps
 
     @property
     def done(self) -> int:
-        return min(s.total_phases if s.finished else s.done_phases for s in self.slots)
+        return min(s.done_steps for s in self.slots)
 
     @property
     def finished(self) -> bool:
@@ -49,7 +50,7 @@ class Engine:
         self.models = models
         self.max_batch = max_batch
         self.batches = {name: SlotBatch(model) for name, model in models.items()}
-        self.jobs: dict[str, EngineJob] = {}
+        self.edits: dict[str, RunningEdit] = {}
         # Largest forward that fits, per model: halved on out-of-memory, never grown back
         # within a process (memory fragmentation makes a retry at full size likely to fail).
         self.max_forward = {name: max_batch for name in models}
@@ -58,28 +59,30 @@ class Engine:
     def free_slots(self, model: str) -> int:
         return self.max_batch - len(self.batches[model].active)
 
-    def admit(self, job_id: str, model: str, guide: torch.Tensor, mask: torch.Tensor | None,
-              params: EditParams, samples: int, seed: int) -> EngineJob:
-        """Add a job's samples to its model's batch; raises ValueError on inputs it cannot run."""
+    def admit(self, edit_id: str, model: str, guide: torch.Tensor, mask: torch.Tensor | None,
+              params: SamplingParameters, samples: int, seed: int) -> RunningEdit:
+        """Add an edit's samples to its model's batch; ValueError on inputs it cannot run."""
         if model not in self.batches:
             raise ValueError(f"model {model!r} is not loaded by this worker")
         if samples > self.max_batch:
             raise ValueError(f"{samples} samples exceed the worker's batch of {self.max_batch}")
         batch = self.batches[model]
-        slots = [Slot(guide=guide, mask=mask, params=params, seed=seed + k, key=(job_id, k))
-                 for k in range(samples)]
-        for slot in slots:  # validate them all before any joins the batch
-            slot.params.validate(batch.model.sde.family)
-        job = EngineJob(id=job_id, model=model, slots=[batch.add(s) for s in slots])
-        self.jobs[job_id] = job
-        return job
+        sde = batch.model.sde
+        # Checked before any slot joins, so an edit joins whole or not at all.
+        check(params, sde.family, sde.num_levels)
+        check_inputs(batch.model, guide, mask)
+        slots = [batch.add(Slot(guide=guide, mask=mask, params=params, seed=seed + k,
+                                key=(edit_id, k))) for k in range(samples)]
+        edit = RunningEdit(id=edit_id, model=model, slots=slots)
+        self.edits[edit_id] = edit
+        return edit
 
-    def cancel(self, job_id: str) -> bool:
-        """Free a job's slots before the next forward; False if it is not running here."""
-        job = self.jobs.pop(job_id, None)
-        if job is None:
+    def cancel(self, edit_id: str) -> bool:
+        """Free an edit's slots before the next forward; False if it is not running here."""
+        edit = self.edits.pop(edit_id, None)
+        if edit is None:
             return False
-        self.batches[job.model].remove({s.key for s in job.slots})
+        self.batches[edit.model].remove({s.key for s in edit.slots})
         return True
 
     def _step_within_memory(self, name: str, batch: SlotBatch) -> None:
@@ -102,8 +105,8 @@ class Engine:
         return any(batch.active for batch in self.batches.values())
 
     @torch.inference_mode()
-    def step(self, on_forward: Callable[[str, int, float], None] | None = None) -> list[EngineJob]:
-        """One iteration of every model with active slots; returns the jobs that finished.
+    def step(self, on_forward: Callable[[str, int, float], None] | None = None) -> list[RunningEdit]:
+        """One iteration of every model with active slots; returns the edits that finished.
 
         on_forward(model, slots, seconds) is called after each model's iteration.
         """
@@ -117,8 +120,8 @@ class Engine:
             if on_forward is not None:
                 on_forward(name, occupancy, time.perf_counter() - start)
             batch.pop_finished()
-            for job_id in [j for j, job in self.jobs.items() if job.model == name and job.finished]:
-                job = self.jobs.pop(job_id)
-                job.results = [s.result for s in job.slots]
-                finished.append(job)
+            for edit_id in [i for i, e in self.edits.items() if e.model == name and e.finished]:
+                edit = self.edits.pop(edit_id)
+                edit.results = [s.result for s in edit.slots]
+                finished.append(edit)
         return finished

@@ -1,4 +1,4 @@
-"""A job's inputs and outputs in Redis: decode the uploaded guide and mask, store result images."""
+"""An edit's images in the worker: decode the uploaded guide and mask, encode and store results."""
 
 from __future__ import annotations
 
@@ -8,26 +8,26 @@ import time
 
 import torch
 from PIL import Image
-from redis import Redis
 
+from jobs.contract import EditJob
+from jobs.queue import JobQueue
 from models.imageio import prepare_guide, prepare_mask, to_image
 from models.network import ScoreModel
-from service.contract import EditJob, input_key, progress_key, result_key
 
 
 class InputsExpired(ValueError):
     pass
 
 
-def load_inputs(connection: Redis, job: EditJob,
+def load_inputs(queue: JobQueue, edit: EditJob,
                 model: ScoreModel) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The job's guide and mask at the model's resolution (the API checked they decode)."""
-    guide_bytes, mask_bytes = connection.mget(input_key(job.id, "guide"), input_key(job.id, "mask"))
-    if guide_bytes is None or (job.has_mask and mask_bytes is None):
-        raise InputsExpired(f"the inputs of job {job.id} are no longer stored (expired or deleted)")
+    """The edit's guide and mask at the model's resolution (the API checked they decode)."""
+    guide_bytes, mask_bytes = queue.inputs(edit)
+    if guide_bytes is None or (edit.has_mask and mask_bytes is None):
+        raise InputsExpired(f"the inputs of job {edit.id} are no longer stored (expired or deleted)")
     guide = prepare_guide(Image.open(io.BytesIO(guide_bytes)), model.resolution, model.channels)
     mask = None
-    if job.has_mask:
+    if edit.has_mask:
         mask = prepare_mask(Image.open(io.BytesIO(mask_bytes)), model.resolution)
     return guide, mask
 
@@ -40,25 +40,18 @@ def encode(image: torch.Tensor, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def store_results(connection: Redis, job: EditJob, images: list[torch.Tensor], ttl: int) -> dict:
-    """Write all result images in one transaction (never a half-written result); a summary.
-
-    The inputs stay until their TTL: if the worker dies before RQ records the success, the
-    retried job still finds them.
-    """
-    with connection.pipeline(transaction=True) as pipeline:
-        for k, image in enumerate(images):
-            pipeline.set(result_key(job.id, k), encode(image, job.output_format), ex=ttl)
-        pipeline.execute()
+def store_results(queue: JobQueue, edit: EditJob, images: list[torch.Tensor]) -> dict:
+    """Encode and store every result image at once; the job's result summary."""
+    queue.store_results(edit, [encode(image, edit.output_format) for image in images])
     size = images[0].shape[-1]
-    return {"images": len(images), "format": job.output_format, "width": size, "height": size}
+    return {"images": len(images), "format": edit.output_format, "width": size, "height": size}
 
 
 class ProgressWriter:
-    """Writes a job's progress (done / total network forwards) at most every `interval` seconds."""
+    """Writes an edit's progress (sampler steps done / total) at most every `interval` seconds."""
 
-    def __init__(self, connection: Redis, ttl: int, interval: float) -> None:
-        self.connection, self.ttl, self.interval = connection, ttl, interval
+    def __init__(self, queue: JobQueue, interval: float) -> None:
+        self.queue, self.interval = queue, interval
         self.last: dict[str, float] = {}
 
     def update(self, job_id: str, done: int, total: int) -> None:
@@ -66,10 +59,6 @@ class ProgressWriter:
         if done < total and now - self.last.get(job_id, -math.inf) < self.interval:
             return
         self.last[job_id] = now
-        key = progress_key(job_id)
-        with self.connection.pipeline(transaction=False) as pipeline:
-            pipeline.hset(key, mapping={"done": done, "total": total})
-            pipeline.expire(key, self.ttl)
-            pipeline.execute()
+        self.queue.write_progress(job_id, done, total)
         if done >= total:
             self.last.pop(job_id, None)

@@ -1,134 +1,54 @@
-"""Everything the project needs from RQ, in one module. Tested with rq 3.0 (pinned >=3.0,<3.1).
+"""The worker's RQ side: an RQ worker that keeps many edits in flight through a batching Runner.
 
-Jobs travel as JSON (RQ's JSONSerializer), never pickle: the job's function is
-`worker.tasks.run_edit` and its one keyword argument is the `EditJob` contract as JSON.
+`BatchWorker` follows RQ's worker lifecycle (bootstrap, suspension check, maintenance, dequeue,
+execute, teardown) with one change RQ's `work()` cannot express: it pops a job whenever its
+engine has room, so many jobs run at once, one engine step at a time. Each job is marked
+started, finished, failed or canceled through RQ's own bookkeeping (execution, started
+registry, heartbeats, results), so `rq info` and rq-dashboard show the truth, and `rq suspend` /
+`rq resume` pause and resume taking jobs (running ones go on). A worker that is killed leaves its
+jobs in the started registry; RQ's registry cleanup (every worker's maintenance) then retries
+each once (Retry(max=1)) or fails it as abandoned.
 
-`BatchWorker` is an RQ worker whose loop keeps many jobs running at once: it pops a job when
-its engine has room, marks it started exactly as RQ's own workers do (execution, started
-registry, heartbeats), runs one engine step at a time, and finishes, fails or cancels each job
-through RQ's own bookkeeping, so `rq info` and rq-dashboard show the truth. A worker that is
-killed leaves its jobs in the started registry; RQ's registry cleanup (run by every worker's
-maintenance) then retries each once (Retry(max=1)) or fails it as abandoned.
-
-This module imports no torch: the API uses the enqueue and query helpers.
+Words: `job` is an RQ job, `edit` the EditJob contract it carries; the engine's slots are its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import signal
 import threading
 import time
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import Queue, Retry
-from rq.exceptions import DequeueTimeout, InvalidJobOperation, NoSuchJobError, StopRequested
+from rq import Queue
+from rq.exceptions import DequeueTimeout, InvalidJobOperation, StopRequested
 from rq.executions import Execution
-from rq.job import Job, JobStatus
+from rq.job import Job
 from rq.serializers import JSONSerializer
+from rq.suspension import is_suspended
 from rq.worker import SimpleWorker
 
-from service.contract import EditJob, queue_name
+from jobs.contract import EditJob, model_of_queue
+from jobs.queue import edit_of, oldest_wait, rq_queue
 from worker import metrics
 
-TASK = "worker.tasks.run_edit"
-TERMINAL = ("finished", "failed", "canceled")
 IDLE_POLL_S = 5  # an idle worker wakes this often to publish that it is alive
 HEAD_CHECK_S = 0.5  # a full worker looks at the age of its queues' oldest job this often
-WAITING_SCAN_LIMIT = 1000  # queued jobs whose samples are counted for the slots-waiting metric
-
-
-def queue_for(connection: Redis, model: str) -> Queue:
-    return Queue(queue_name(model), connection=connection, serializer=JSONSerializer)
-
-
-def enqueue_edit(connection: Redis, job: EditJob, result_ttl: int, timeout: int) -> Job:
-    """Put a validated job on its model's queue; retried once if its worker dies."""
-    return queue_for(connection, job.model).enqueue(
-        TASK, job=job.model_dump(mode="json"), job_id=job.id, result_ttl=result_ttl,
-        failure_ttl=result_ttl, job_timeout=timeout, retry=Retry(max=1),
-        description=f"sdedit {job.model} t0={job.t0} samples={job.samples}")
-
-
-def queue_depth(connection: Redis, model: str) -> int:
-    return queue_for(connection, model).count
-
-
-def fetch(connection: Redis, job_id: str) -> Job | None:
-    try:
-        return Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
-    except NoSuchJobError:
-        return None
-
-
-def contract_of(job: Job) -> EditJob:
-    return EditJob.model_validate(job.kwargs["job"])
-
-
-def status_of(job: Job) -> str:
-    """queued, started, finished, failed or canceled (deferred/scheduled count as queued)."""
-    status = job.get_status(refresh=True)
-    if status in (JobStatus.STARTED, JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED):
-        return str(status.value)
-    if status == JobStatus.STOPPED:
-        return "canceled"
-    return "queued"
-
-
-def waiting_samples(connection: Redis, model: str, limit: int = WAITING_SCAN_LIMIT) -> int:
-    """Samples (engine slots) the first `limit` queued jobs of a model will need."""
-    queue = queue_for(connection, model)
-    jobs = Job.fetch_many(queue.get_job_ids(0, limit), connection=connection,
-                          serializer=JSONSerializer)
-    return sum(contract_of(job).samples for job in jobs if job is not None)
-
-
-def oldest_wait(queue: Queue) -> float | None:
-    """Seconds the job at the head of a queue has waited, None if the queue is empty."""
-    for job_id in queue.get_job_ids(0, 1):
-        job = fetch(queue.connection, job_id)
-        if job is not None and job.enqueued_at is not None:
-            return (datetime.now(UTC) - job.enqueued_at).total_seconds()
-    return None
-
-
-def position(connection: Redis, job: Job) -> int | None:
-    return queue_for(connection, contract_of(job).model).get_job_position(job.id)
-
-
-def cancel_queued(job: Job) -> bool:
-    """Cancel a job that has not started; False if it already left the queue."""
-    if job.get_status(refresh=True) not in (JobStatus.QUEUED, JobStatus.DEFERRED,
-                                             JobStatus.SCHEDULED):
-        return False
-    try:
-        job.cancel()
-    except InvalidJobOperation:
-        return False
-    return True
-
-
-def failure_reason(job: Job) -> str | None:
-    result = job.latest_result()
-    if result is None or not result.exc_string:
-        return None
-    lines = [line for line in result.exc_string.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else None
 
 
 class Runner(Protocol):
-    """The engine side of a BatchWorker (see worker.main.JobRunner)."""
+    """The engine side of a BatchWorker (see worker.main.EditRunner), keyed by job id."""
 
     def room(self, model: str) -> bool: ...
 
     def overflow_room(self, model: str) -> bool: ...
 
-    def admit(self, job: EditJob) -> None: ...
+    def admit(self, edit: EditJob) -> None: ...
 
     def step(self) -> list[tuple[str, dict[str, Any] | BaseException]]: ...
 
@@ -147,17 +67,13 @@ class Running:
     started: float
 
 
-class JobCanceled(Exception):
-    pass
-
-
 class BatchWorker(SimpleWorker):
     """An RQ worker that keeps many jobs in flight through a batching Runner."""
 
     def __init__(self, models: list[str], runner: Runner, connection: Redis,
                  heartbeat_s: float = 10.0, maintenance_interval: int = 60,
                  max_wait_s: float = float("inf"), **kwargs: Any) -> None:
-        super().__init__([queue_for(connection, m) for m in models], connection=connection,
+        super().__init__([rq_queue(connection, m) for m in models], connection=connection,
                          serializer=JSONSerializer, maintenance_interval=maintenance_interval,
                          **kwargs)
         self.runner = runner
@@ -180,7 +96,8 @@ class BatchWorker(SimpleWorker):
     def work(self, burst: bool = False, logging_level: str = "INFO", **_: Any) -> bool:  # type: ignore[override]
         """Run until stopped (or, with burst, until the queues are empty and all jobs done)."""
         self.bootstrap(logging_level)
-        self._install_signal_handlers()
+        for signum in (signal.SIGINT, signal.SIGTERM):  # warm shutdown: finish what runs
+            signal.signal(signum, self.request_stop)
         self.worked = False
         beats = threading.Thread(target=self._heartbeat_loop, name="heartbeats", daemon=True)
         beats.start()
@@ -198,16 +115,21 @@ class BatchWorker(SimpleWorker):
         return self.worked
 
     def _iteration(self, burst: bool) -> bool:
-        """Maintenance, admission and one engine step; False when the worker should stop."""
+        """Suspension, maintenance, admission and one engine step; False to stop."""
+        if not self.running:
+            self.check_for_suspension(burst)  # RQ's own wait while `rq suspend` is in force
         if self.should_run_maintenance_tasks:
             self.run_maintenance_tasks()
         if time.monotonic() - self.last_publish >= self.heartbeat_s:
             self.runner.publish()
             self.heartbeat()
             self.last_publish = time.monotonic()
-        if self._stop_requested and not self.running:
+        stopping = RQPrivate.stop_requested(self)
+        if stopping and not self.running:
             return False
-        admitted = 0 if self._stop_requested else self._admit(block=not self.running and not burst)
+        # Suspended with jobs in flight: no new jobs, but the running ones finish.
+        admitting = not stopping and not (self.running and is_suspended(self.connection, self))
+        admitted = self._admit(block=not self.running and not burst) if admitting else 0
         self.worked |= admitted > 0
         if not self.running:
             return not (burst and admitted == 0)
@@ -224,15 +146,21 @@ class BatchWorker(SimpleWorker):
         waits longer than that for jobs that run long.
         """
         admitted = 0
+        if block:  # idle: RQ's own blocking dequeue (heartbeats, reconnects with back-off)
+            result = self.dequeue_job_and_maintain_ttl(IDLE_POLL_S, max_idle_time=IDLE_POLL_S)
+            if result is None:
+                return 0
+            self._start(*result)
+            admitted = 1
         for queue in self.queues:
-            model = queue.name.split(":", 1)[1]
+            model = model_of_queue(queue.name)
             while True:
                 over_full = not self.runner.room(model)
-                if over_full and not self._head_waited_too_long(queue, model):
+                if over_full and not self._head_waited_too_long(queue):
                     break
                 try:
-                    result = Queue.dequeue_any([queue], timeout=IDLE_POLL_S if block else None,
-                                               connection=self.connection, serializer=self.serializer)
+                    result = Queue.dequeue_any([queue], timeout=None, connection=self.connection,
+                                               serializer=self.serializer)
                 except DequeueTimeout:
                     result = None
                 if result is None:
@@ -244,11 +172,11 @@ class BatchWorker(SimpleWorker):
                                   job.id, model, self.max_wait_s)
                 self._start(job, queue)
                 admitted += 1
-                block = False
         return admitted
 
-    def _head_waited_too_long(self, queue: Queue, model: str) -> bool:
-        if self.max_wait_s == float("inf") or not self.runner.overflow_room(model):
+    def _head_waited_too_long(self, queue: Queue) -> bool:
+        if self.max_wait_s == float("inf") or not self.runner.overflow_room(
+                model_of_queue(queue.name)):
             return False
         now = time.monotonic()
         if now - self.head_checked.get(queue.name, -HEAD_CHECK_S) < HEAD_CHECK_S:
@@ -267,7 +195,7 @@ class BatchWorker(SimpleWorker):
             self.running[job.id] = Running(job, queue, execution, time.monotonic())
             metrics.ACTIVE_JOBS.set(len(self.running))
         try:
-            self.runner.admit(contract_of(job))
+            self.runner.admit(edit_of(job))
         except Exception as exc:  # bad inputs or an expired upload: this job fails, others go on
             self._finish([(job.id, exc)])
 
@@ -285,28 +213,26 @@ class BatchWorker(SimpleWorker):
 
     def _finish(self, outcomes: list[tuple[str, dict[str, Any] | BaseException]]) -> None:
         with self.lock:
-            self._finish_locked(outcomes)
+            for job_id, outcome in outcomes:
+                run = self.running.pop(job_id, None)
+                if run is not None:
+                    self._record_outcome(run, outcome)
+            metrics.ACTIVE_JOBS.set(len(self.running))
+            if not self.running:
+                self.set_state("idle")
 
-    def _finish_locked(self, outcomes: list[tuple[str, dict[str, Any] | BaseException]]) -> None:
-        for job_id, outcome in outcomes:
-            run = self.running.pop(job_id, None)
-            if run is None:
-                continue
-            model = contract_of(run.job).model
-            metrics.JOB_SECONDS.labels(model).observe(time.monotonic() - run.started)
-            if isinstance(outcome, BaseException):
-                metrics.JOBS.labels(model, "failed").inc()
-                metrics.FAILURES.labels(model, type(outcome).__name__).inc()
-                exc_info = (type(outcome), outcome, outcome.__traceback__)
-                self.log.warning("Job %s failed: %s", job_id,
-                                 "".join(traceback.format_exception_only(outcome)).strip())
-                self._finalize_failure(run.job, run.queue, run.execution, exc_info)
-            else:
-                metrics.JOBS.labels(model, "finished").inc()
-                self._finalize_success(run.job, run.queue, run.execution, outcome)
-        metrics.ACTIVE_JOBS.set(len(self.running))
-        if not self.running:
-            self.set_state("idle")
+    def _record_outcome(self, run: Running, outcome: dict[str, Any] | BaseException) -> None:
+        model = edit_of(run.job).model
+        metrics.JOB_SECONDS.labels(model).observe(time.monotonic() - run.started)
+        if isinstance(outcome, BaseException):
+            metrics.JOBS.labels(model, "failed").inc()
+            metrics.FAILURES.labels(model, type(outcome).__name__).inc()
+            self.log.warning("Job %s failed: %s", run.job.id,
+                             "".join(traceback.format_exception_only(outcome)).strip())
+            RQPrivate.finalize_failure(self, run, outcome)
+        else:
+            metrics.JOBS.labels(model, "finished").inc()
+            RQPrivate.finalize_success(self, run, outcome)
 
     def _cancel(self, run: Running) -> None:
         with self.connection.pipeline() as pipeline:
@@ -314,7 +240,7 @@ class BatchWorker(SimpleWorker):
             pipeline.execute()
         with contextlib.suppress(InvalidJobOperation):  # canceled twice: already done
             run.job.cancel()
-        metrics.JOBS.labels(contract_of(run.job).model, "canceled").inc()
+        metrics.JOBS.labels(edit_of(run.job).model, "canceled").inc()
         self.log.info("Job %s canceled while running", run.job.id)
 
     def _heartbeat_loop(self) -> None:
@@ -325,3 +251,27 @@ class BatchWorker(SimpleWorker):
                         self.maintain_heartbeats(run.job, run.execution)
                     except RedisError as exc:  # the main loop will meet the same outage
                         self.log.warning("heartbeat of job %s failed: %s", run.job.id, exc)
+
+
+class RQPrivate:
+    """Every private RQ call of the project, in one place (RQ 3.0; pinned >=3.0,<3.1).
+
+    Why they are needed: RQ ends a job inside `perform_job`, which runs the job function to
+    completion; a batching worker ends each job later, when its last engine step is done, so it
+    calls the two steps RQ's `perform_job` calls (`_finalize_success` / `_finalize_failure`:
+    result, registries, retries, callbacks). RQ exposes its warm-shutdown flag only as
+    `_stop_requested`. Check these three on any RQ upgrade.
+    """
+
+    @staticmethod
+    def stop_requested(worker: SimpleWorker) -> bool:
+        return bool(worker._stop_requested)
+
+    @staticmethod
+    def finalize_success(worker: SimpleWorker, run: Running, value: dict[str, Any]) -> None:
+        worker._finalize_success(run.job, run.queue, run.execution, value)
+
+    @staticmethod
+    def finalize_failure(worker: SimpleWorker, run: Running, error: BaseException) -> None:
+        worker._finalize_failure(run.job, run.queue, run.execution,
+                                 (type(error), error, error.__traceback__))

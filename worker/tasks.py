@@ -11,11 +11,12 @@ from typing import Any
 
 from rq import get_current_job
 
+from jobs.contract import EditJob
+from jobs.queue import JobQueue
+from jobs.settings import get_settings
 from models.loader import load_model
 from models.network import ScoreModel
 from models.sdedit import sdedit
-from service.contract import EditJob
-from service.settings import get_settings
 from worker.jobio import ProgressWriter, load_inputs, store_results
 
 
@@ -25,14 +26,13 @@ def cached_model(name: str) -> ScoreModel:
 
 
 def run_edit(job: dict[str, Any]) -> dict[str, Any]:
-    contract = EditJob.model_validate(job)
+    edit = EditJob.model_validate(job)
     settings = get_settings()
-    connection = get_current_job().connection
-    model = cached_model(contract.model)
-    guide, mask = load_inputs(connection, contract, model)
-    progress = ProgressWriter(connection, settings.result_ttl_s, settings.progress_interval_s)
-    images = sdedit(model, guide, mask, t0=contract.t0, steps=contract.steps,
-                    sampler=contract.sampler, eta=contract.eta, repeats=contract.repeats,
-                    samples=contract.samples, seed=contract.seed,
-                    progress=lambda done, total: progress.update(contract.id, done, total))
-    return store_results(connection, contract, list(images), settings.result_ttl_s)
+    queue = JobQueue(get_current_job().connection, settings)
+    model = cached_model(edit.model)
+    guide, mask = load_inputs(queue, edit, model)
+    progress = ProgressWriter(queue, settings.progress_interval_s)
+    images = sdedit(model, guide, mask, samples=edit.samples, seed=edit.seed,
+                    progress=lambda done, total: progress.update(edit.id, done, total),
+                    **edit.sampling().model_dump())
+    return store_results(queue, edit, list(images))

@@ -6,11 +6,11 @@ AdamW with warm-up and cosine decay; EMA weights (the exported model); resumable
 
 Typical use::
 
-    python -m models.train --data data/emoji/emoji.npz --out runs/emoji32 --resolution 32 \
+    python -m training.train --data data/emoji/emoji.npz --out runs/emoji32 --resolution 32 \
         --config tiny --batch-size 64 --max-steps 15000 --max-minutes 100
-    python -m models.train --out runs/emoji32 --resume ...        # continue a stopped run
-    python -m models.train --out runs/emoji32 --export FOLDER     # export EMA weights only
-    python -m models.train --out runs/emoji32 --export FOLDER --sample 64   # plus a contact sheet
+    python -m training.train --out runs/emoji32 --resume ...        # continue a stopped run
+    python -m training.train --out runs/emoji32 --export FOLDER     # export EMA weights only
+    python -m training.train --out runs/emoji32 --export FOLDER --sample 64   # plus a contact sheet
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ from diffusers import DDPMScheduler, UNet2DModel
 from PIL import Image
 from tqdm import tqdm
 
-from models.emoji_data import load_emoji
 from models.network import ScoreModel, diffusers_network
 from models.sde import VPSDE
 from models.sdedit import sdedit
+from training.emoji_data import load_emoji
 
 NUM_TRAIN_TIMESTEPS = 1000
 BETA_START = 1e-4

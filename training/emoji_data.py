@@ -7,8 +7,8 @@ variants) are held out for evaluation, chosen with a fixed seed.
 
 Usage::
 
-    python -m models.emoji_data --out data/emoji                # fetches the package with npm pack
-    python -m models.emoji_data --out data/emoji --package-dir /tmp/pkg/package
+    python -m training.emoji_data --out data/emoji                # fetches the package with npm pack
+    python -m training.emoji_data --out data/emoji --package-dir /tmp/pkg/package
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ states: "Android/Google/Noto images, are available under the Apache License 2.0"
 Modifications: the 64x64 PNGs (img/google/64/) of all emoji outside the categories
 Flags, Symbols and Component, including skin-tone variants, were alpha-composited onto
 a white background and stored as RGB uint8 arrays, split into train / held-out sets.
-Built by models/emoji_data.py.
+Built by training/emoji_data.py.
 """
 
 

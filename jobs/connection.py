@@ -7,7 +7,7 @@ import contextlib
 from redis import Redis
 from redis.exceptions import RedisError
 
-from service.settings import Settings
+from jobs.settings import Settings
 
 
 def connect(settings: Settings) -> Redis:

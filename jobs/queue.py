@@ -1,0 +1,223 @@
+"""The queue client: every Redis read and write of an edit job, for the API and the workers.
+
+Jobs are RQ jobs on one queue per model, carried as JSON (RQ's JSONSerializer, never pickle):
+the task is `worker.tasks.run_edit` and its one keyword argument is the `EditJob` contract. Input
+bytes, results, progress, cancel flags and model specs live under the keys of jobs.contract.
+Tested with rq 3.0 (pinned >=3.0,<3.1). Imports no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from redis import Redis
+from rq import Queue, Retry
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from jobs.contract import (
+    EditJob,
+    cancel_key,
+    input_key,
+    model_alive_key,
+    model_spec_key,
+    progress_key,
+    queue_name,
+    result_key,
+)
+from jobs.rules import ModelSpec
+from jobs.settings import Settings
+
+TASK = "worker.tasks.run_edit"
+TERMINAL = ("finished", "failed", "canceled")
+WAITING_SCAN_LIMIT = 1000  # queued jobs whose samples are counted for the slots-waiting metric
+
+
+def rq_queue(connection: Redis, model: str) -> Queue:
+    return Queue(queue_name(model), connection=connection, serializer=JSONSerializer)
+
+
+def fetch(connection: Redis, job_id: str) -> Job | None:
+    """The RQ job of an edit, or None (unknown or expired)."""
+    try:
+        return Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+    except NoSuchJobError:
+        return None
+
+
+def edit_of(job: Job) -> EditJob:
+    """The edit contract carried by an RQ job."""
+    return EditJob.model_validate(job.kwargs["job"])
+
+
+def state_of(job: Job) -> str:
+    """queued, started, finished, failed or canceled (deferred/scheduled count as queued)."""
+    status = job.get_status(refresh=True)
+    if status in (JobStatus.STARTED, JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED):
+        return str(status.value)
+    if status == JobStatus.STOPPED:
+        return "canceled"
+    return "queued"
+
+
+def failure_reason(job: Job) -> str | None:
+    """The last line of the exception that failed the job."""
+    result = job.latest_result()
+    if result is None or not result.exc_string:
+        return None
+    lines = [line for line in result.exc_string.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else None
+
+
+def oldest_wait(queue: Queue) -> float | None:
+    """Seconds the job at the head of a queue has waited, None if the queue is empty."""
+    for job_id in queue.get_job_ids(0, 1):
+        job = fetch(queue.connection, job_id)
+        if job is not None and job.enqueued_at is not None:
+            return (datetime.now(UTC) - job.enqueued_at).total_seconds()
+    return None
+
+
+@dataclass(frozen=True)
+class EditRecord:
+    """What a client may learn about an edit: its contract and where it stands."""
+
+    edit: EditJob
+    state: str
+    position: int | None
+    progress: tuple[int, int]  # sampler steps done, total
+    started_at: datetime | None
+    ended_at: datetime | None
+    error: str | None
+
+
+class JobQueue:
+    """Submit, follow, cancel and collect edits; publish and read model specs."""
+
+    def __init__(self, connection: Redis, settings: Settings) -> None:
+        self.connection = connection
+        self.settings = settings
+        # One Queue object per model: RQ caches the server version on it (a round trip saved).
+        self._queues: dict[str, Queue] = {}
+
+    def queue(self, model: str) -> Queue:
+        if model not in self._queues:
+            self._queues[model] = rq_queue(self.connection, model)
+        return self._queues[model]
+
+    # --- the API side ---------------------------------------------------------------------
+
+    def submit(self, edit: EditJob, guide: bytes, mask: bytes | None) -> None:
+        """Store the inputs and enqueue the job in one transaction: a job is in the queue with
+        its inputs, or not at all. Retried once if its worker dies."""
+        ttl = self.settings.input_ttl_s
+        with self.connection.pipeline() as pipeline:
+            pipeline.multi()  # before any command: RQ enqueues inside our transaction
+            pipeline.set(input_key(edit.id, "guide"), guide, ex=ttl)
+            if mask is not None:
+                pipeline.set(input_key(edit.id, "mask"), mask, ex=ttl)
+            self.queue(edit.model).enqueue(
+                TASK, job=edit.model_dump(mode="json"), job_id=edit.id,
+                result_ttl=self.settings.result_ttl_s, failure_ttl=self.settings.result_ttl_s,
+                job_timeout=self.settings.job_timeout_s, retry=Retry(max=1), pipeline=pipeline,
+                description=f"sdedit {edit.model} t0={edit.t0} samples={edit.samples}")
+            pipeline.execute()
+
+    def depth(self, model: str) -> int:
+        return self.queue(model).count
+
+    def find(self, job_id: str, owner: str) -> tuple[Job, EditJob] | None:
+        """The RQ job and contract of an edit of this owner; None also for another owner's."""
+        job = fetch(self.connection, job_id)
+        if job is None:
+            return None
+        edit = edit_of(job)
+        return (job, edit) if edit.owner == owner else None
+
+    def record(self, job: Job, edit: EditJob) -> EditRecord:
+        state = state_of(job)
+        progress = self.connection.hgetall(progress_key(job.id))
+        return EditRecord(
+            edit=edit, state=state,
+            position=self.queue(edit.model).get_job_position(job.id) if state == "queued" else None,
+            progress=(int(progress.get(b"done", 0)), int(progress.get(b"total", 0))),
+            started_at=job.started_at, ended_at=job.ended_at,
+            error=failure_reason(job) if state == "failed" else None)
+
+    def cancel(self, job: Job) -> str:
+        """Flag the edit canceled: 'canceled' if it had not started, else 'canceling' (the
+        worker drops it within one step)."""
+        self.connection.set(cancel_key(job.id), 1, ex=self.settings.result_ttl_s)
+        if job.get_status(refresh=True) in (JobStatus.QUEUED, JobStatus.DEFERRED,
+                                             JobStatus.SCHEDULED):
+            try:
+                job.cancel()
+                return "canceled"
+            except InvalidJobOperation:  # it left the queue meanwhile
+                pass
+        return "canceling"
+
+    def result(self, job_id: str, index: int) -> bytes | None:
+        return self.connection.get(result_key(job_id, index))
+
+    def model_spec(self, model: str) -> ModelSpec | None:
+        raw = self.connection.get(model_spec_key(model))
+        return ModelSpec.model_validate_json(raw) if raw else None
+
+    def alive(self, models: list[str]) -> dict[str, bool]:
+        flags = self.connection.mget([model_alive_key(m) for m in models]) if models else []
+        return {m: flag is not None for m, flag in zip(models, flags, strict=True)}
+
+    def public_models(self, models: list[str]) -> list[dict]:
+        """The /v1/models entries: each model's spec and whether a live worker serves it."""
+        alive = self.alive(models)
+        out = []
+        for name in models:
+            spec = self.model_spec(name)
+            out.append(spec.public(alive[name]) if spec else {"name": name, "available": False})
+        return out
+
+    def ping(self) -> None:
+        self.connection.ping()
+
+    # --- the worker side --------------------------------------------------------------------
+
+    def inputs(self, edit: EditJob) -> tuple[bytes | None, bytes | None]:
+        guide, mask = self.connection.mget(input_key(edit.id, "guide"), input_key(edit.id, "mask"))
+        return guide, mask
+
+    def store_results(self, edit: EditJob, images: list[bytes]) -> None:
+        """All result images in one transaction: never a half-written result. The inputs stay
+        until their TTL: if the worker dies before RQ records the success, a retry finds them."""
+        with self.connection.pipeline(transaction=True) as pipeline:
+            for k, data in enumerate(images):
+                pipeline.set(result_key(edit.id, k), data, ex=self.settings.result_ttl_s)
+            pipeline.execute()
+
+    def write_progress(self, job_id: str, done: int, total: int) -> None:
+        key = progress_key(job_id)
+        with self.connection.pipeline(transaction=False) as pipeline:
+            pipeline.hset(key, mapping={"done": done, "total": total})
+            pipeline.expire(key, self.settings.result_ttl_s)
+            pipeline.execute()
+
+    def canceled(self, job_ids: list[str]) -> list[str]:
+        if not job_ids:
+            return []
+        flags = self.connection.mget([cancel_key(i) for i in job_ids])
+        return [i for i, flag in zip(job_ids, flags, strict=True) if flag is not None]
+
+    def publish(self, spec: ModelSpec, alive_ttl_s: int) -> None:
+        """Publish a served model's spec (kept) and that a worker serves it (expires)."""
+        with self.connection.pipeline(transaction=False) as pipeline:
+            pipeline.set(model_spec_key(spec.name), spec.model_dump_json())
+            pipeline.set(model_alive_key(spec.name), 1, ex=alive_ttl_s)
+            pipeline.execute()
+
+    def waiting_samples(self, model: str, limit: int = WAITING_SCAN_LIMIT) -> int:
+        """Samples (engine slots) the first `limit` queued jobs of a model will need."""
+        jobs = Job.fetch_many(self.queue(model).get_job_ids(0, limit), connection=self.connection,
+                              serializer=JSONSerializer)
+        return sum(edit_of(job).samples for job in jobs if job is not None)

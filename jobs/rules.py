@@ -1,0 +1,141 @@
+"""The edit rules, defined once: parameter names, ranges, defaults, samplers per SDE family, and
+how t0 and steps map to the noise levels of a model with N levels.
+
+The API's request model, the OpenAPI schema, the CLI's checks and the engine's validation all
+come from here, so a parameter the worker would reject is rejected by the API first, with the
+same message. Pydantic only: no torch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+Family = Literal["vp", "ve"]
+Sampler = Literal["ancestral", "ddim", "pc"]
+OutputFormat = Literal["png", "webp"]
+
+SAMPLERS: dict[str, tuple[str, ...]] = {"vp": ("ancestral", "ddim"), "ve": ("pc",)}
+DEFAULT_SAMPLER: dict[str, str] = {"vp": "ancestral", "ve": "pc"}
+ALL_SAMPLERS: tuple[str, ...] = ("ancestral", "ddim", "pc")
+OUTPUT_FORMATS: tuple[str, ...] = ("png", "webp")
+DEFAULT_MODEL = "emoji"
+MAX_STEPS = 2000
+MAX_REPEATS = 10
+
+
+class RuleViolation(ValueError):
+    """A parameter that breaks a rule for a particular model, naming the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class SamplingParameters(BaseModel):
+    """How one sample is edited: the part of an edit the sampler sees."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    t0: float = Field(0.5, gt=0.0, le=1.0, allow_inf_nan=False,
+                      description="noise strength in (0, 1]: small = faithful to the guide, "
+                                  "large = realistic")
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS,
+                              description="reverse steps; default: every level from t0 down (the "
+                                          "paper); at most the levels between t0 and 0")
+    sampler: Sampler | None = Field(
+        None, description="ancestral or ddim (VP models), pc (VE models); default per model")
+    eta: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="DDIM noise")
+    repeats: int = Field(1, ge=1, le=MAX_REPEATS,
+                         description="K sequential SDEdit passes (the official code uses 3)")
+
+
+class EditParameters(SamplingParameters):
+    """The user-facing knobs of one edit: what the API accepts and the CLI offers."""
+
+    model: str = Field(DEFAULT_MODEL, min_length=1, max_length=200,
+                       description="name of a served model (see GET /v1/models)")
+    samples: int = Field(1, ge=1, description="output images (the limit is a setting)")
+    seed: int = Field(0, ge=0, lt=2**63, description="sample k uses seed + k")
+    output_format: OutputFormat = Field("png", description="result image format")
+
+    def sampling(self) -> SamplingParameters:
+        return SamplingParameters(**self.model_dump(include=set(SamplingParameters.model_fields)))
+
+
+PARAMETER_FIELDS: tuple[str, ...] = tuple(EditParameters.model_fields)
+
+
+def describe(error: ValidationError) -> str:
+    """One line per broken field, 'field: message', as the API and the CLI report it."""
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "body"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def parse(kind: type[SamplingParameters], /, **values: object) -> SamplingParameters:
+    """Build parameters from Python values; ValueError with one 'field: message' line per
+    broken field (pydantic's own message spans several lines and a URL)."""
+    try:
+        return kind(**values)
+    except ValidationError as exc:
+        raise ValueError(describe(exc)) from None
+
+
+def start_level(family: str, levels: int, t0: float) -> int:
+    """The level index a pass starts at, for a model with `levels` noise levels (0 = least noise).
+
+    VP: the official code's n0 = round(t0 * N) noise levels, i.e. index n0 - 1; a t0 that rounds
+    to zero levels is an error. VE: the grid index of sigma(t0), t on the grid k / (N - 1).
+    """
+    if not 0.0 < t0 <= 1.0:
+        raise RuleViolation("t0", f"must be in (0, 1], got {t0!r}")
+    if family == "ve":
+        return round(t0 * (levels - 1))
+    n0 = round(t0 * levels)
+    if n0 < 1:
+        raise RuleViolation("t0", f"{t0:g} rounds to zero noise levels for a model with {levels} "
+                                  f"levels; use t0 >= {0.5 / levels:g}")
+    return n0 - 1
+
+
+def resolve_sampler(params: SamplingParameters, family: str) -> str:
+    """The sampler a slot runs: the requested one, or the family's default."""
+    return params.sampler or DEFAULT_SAMPLER[family]
+
+
+def check(params: SamplingParameters, family: str, levels: int) -> None:
+    """Raise RuleViolation for parameters that a model of this family and size cannot run."""
+    if params.sampler is not None and params.sampler not in SAMPLERS[family]:
+        raise RuleViolation("sampler", f"{params.sampler!r} does not apply to a {family.upper()} "
+                                       f"model; choose one of {', '.join(SAMPLERS[family])}")
+    start = start_level(family, levels, params.t0)
+    if params.steps is not None and params.steps > start + 1:
+        raise RuleViolation("steps", f"at most {start + 1} for t0={params.t0:g} on this model "
+                                     f"(the levels from t0 down to 0 of its {levels})")
+
+
+class ModelSpec(BaseModel):
+    """What a worker publishes about a model it serves; the API checks edits against it."""
+
+    name: str
+    family: Family
+    levels: int = Field(description="noise levels N of the model's SDE")
+    resolution: int
+    channels: int
+    max_batch: int
+
+    @property
+    def samplers(self) -> tuple[str, ...]:
+        return SAMPLERS[self.family]
+
+    def public(self, available: bool) -> dict:
+        """The /v1/models entry: the spec plus its samplers and defaults."""
+        defaults = SamplingParameters().model_dump()
+        defaults["sampler"] = DEFAULT_SAMPLER[self.family]
+        return {**self.model_dump(), "available": available, "samplers": list(self.samplers),
+                "default_sampler": DEFAULT_SAMPLER[self.family], "defaults": defaults}

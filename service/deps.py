@@ -1,0 +1,41 @@
+"""Route dependencies: the settings, the caller's identity (API key), the queue client, metrics."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from jobs.queue import JobQueue
+from jobs.settings import Settings, get_settings
+from service.errors import ApiError
+from service.metrics import ApiMetrics
+
+
+def caller(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> str:
+    """The caller's identity: a hash of its API key, or 'public' when auth is off."""
+    if settings.auth_disabled:
+        return "public"
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key:
+        raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'",
+                       headers={"WWW-Authenticate": "Bearer"})
+    if key not in settings.api_keys:
+        raise ApiError(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def job_queue(request: Request) -> JobQueue:
+    return request.app.state.queue
+
+
+def api_metrics(request: Request) -> ApiMetrics:
+    return request.app.state.metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+Caller = Annotated[str, Depends(caller)]
+QueueDep = Annotated[JobQueue, Depends(job_queue)]
+MetricsDep = Annotated[ApiMetrics, Depends(api_metrics)]

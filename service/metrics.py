@@ -1,0 +1,18 @@
+"""Prometheus metrics of the API process (GET /metrics), one registry per app."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class ApiMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("sdedit_api_requests_total", "HTTP requests",
+                                ["route", "method", "status"], registry=self.registry)
+        self.latency = Histogram("sdedit_api_request_seconds", "HTTP request latency",
+                                 ["route", "method"], registry=self.registry)
+        self.queue_depth = Gauge("sdedit_queue_depth", "jobs waiting per model", ["model"],
+                                 registry=self.registry)
+        self.accepted = Counter("sdedit_api_jobs_accepted_total", "jobs enqueued", ["model"],
+                                registry=self.registry)

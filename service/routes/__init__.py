@@ -1,0 +1,1 @@
+"""The API's routers: each route translates HTTP to calls of plain functions and back."""

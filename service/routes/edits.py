@@ -1,0 +1,109 @@
+"""/v1/edits: submit an edit, follow it, fetch its images, cancel it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from jobs.queue import TERMINAL, EditRecord, JobQueue, state_of
+from jobs.rules import PARAMETER_FIELDS, EditParameters
+from service.deps import Caller, MetricsDep, QueueDep, SettingsDep
+from service.errors import ERROR_RESPONSES, ApiError
+from service.schemas import Accepted, Cancellation, EditStatus
+from service.submission import check_images, new_edit, parse_parameters, read_submission
+
+MEDIA_TYPES = {"png": "image/png", "webp": "image/webp"}
+
+router = APIRouter(prefix="/v1/edits", tags=["edits"], responses=ERROR_RESPONSES)
+
+SUBMIT_BODY = {"requestBody": {"content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+        "image": {"type": "string", "format": "binary"},
+        "mask": {"type": "string", "format": "binary",
+                 "description": "white (>= 128) may change, black is kept"},
+        **{k: {"type": "string"} for k in PARAMETER_FIELDS}}}},
+    "application/json": {"schema": {"type": "object", "required": ["image"], "properties": {
+        "image": {"type": "string", "format": "byte"},
+        "mask": {"type": "string", "format": "byte"},
+        **EditParameters.model_json_schema()["properties"]}},
+        "example": {"image": "<base64 PNG>", "t0": 0.5, "samples": 2, "seed": 7}}}}}
+
+
+def links(job_id: str, images: int = 0) -> dict[str, Any]:
+    out: dict[str, Any] = {"self": f"/v1/edits/{job_id}"}
+    if images:
+        out["images"] = [f"/v1/edits/{job_id}/images/{k}" for k in range(images)]
+    return out
+
+
+def status_body(record: EditRecord) -> dict[str, Any]:
+    edit = record.edit
+    return {
+        "id": edit.id, "status": record.state, "model": edit.model,
+        "parameters": edit.model_dump(include=set(PARAMETER_FIELDS)),
+        "progress": {"step": record.progress[0], "total": record.progress[1]},
+        "position": record.position,
+        "created_at": edit.created_at.isoformat(),
+        "started_at": record.started_at.isoformat() if record.started_at else None,
+        "ended_at": record.ended_at.isoformat() if record.ended_at else None,
+        "error": record.error,
+        "links": links(edit.id, edit.samples if record.state == "finished" else 0),
+    }
+
+
+def owned(queue: JobQueue, job_id: str, owner: str):
+    """The RQ job and contract, or 404 (also for another key's job: no existence leak)."""
+    found = queue.find(job_id, owner)
+    if found is None:
+        raise ApiError(404, f"no edit job {job_id!r}")
+    return found
+
+
+@router.post("", status_code=202, response_model=Accepted, openapi_extra=SUBMIT_BODY)
+async def submit(request: Request, owner: Caller, queue: QueueDep, settings: SettingsDep,
+                 metrics: MetricsDep) -> Any:
+    """Submit an edit: a guide image, an optional mask, and parameters. Answers 202."""
+    submission = await read_submission(request, settings)
+    params = parse_parameters(submission.fields, settings, queue)
+    size = check_images(submission, settings)
+    depth = queue.depth(params.model)
+    if depth >= settings.max_queue_depth:
+        raise ApiError(429, f"the queue of {params.model!r} is full ({depth} jobs); retry later",
+                       headers={"Retry-After": str(settings.retry_after_s)})
+    edit = new_edit(params, owner, size, submission.mask is not None)
+    queue.submit(edit, submission.guide, submission.mask)
+    metrics.accepted.labels(params.model).inc()
+    return {"id": edit.id, "status": "queued", "links": links(edit.id)}
+
+
+@router.get("/{job_id}", response_model=EditStatus)
+def status(job_id: str, owner: Caller, queue: QueueDep) -> Any:
+    """Status, progress, queue position, timestamps, result links and error of a job."""
+    return status_body(queue.record(*owned(queue, job_id, owner)))
+
+
+@router.get("/{job_id}/images/{index}", response_class=Response,
+            responses={200: {"content": {"image/png": {}, "image/webp": {}}}})
+def image(job_id: str, index: int, owner: Caller, queue: QueueDep) -> Response:
+    """The index-th result image of a finished job (PNG, or WebP if requested)."""
+    job, edit = owned(queue, job_id, owner)
+    if not 0 <= index < edit.samples:
+        raise ApiError(404, f"job {job_id} has images 0..{edit.samples - 1}")
+    state = state_of(job)
+    if state != "finished":
+        raise ApiError(409, f"job {job_id} is {state}; images exist once it is finished")
+    data = queue.result(job_id, index)
+    if data is None:
+        raise ApiError(410, f"the results of job {job_id} have expired")
+    return Response(data, media_type=MEDIA_TYPES[edit.output_format])
+
+
+@router.delete("/{job_id}", response_model=Cancellation)
+def cancel(job_id: str, owner: Caller, queue: QueueDep) -> Any:
+    """Cancel a queued job at once, or a running one within one sampler step."""
+    job, _ = owned(queue, job_id, owner)
+    state = state_of(job)
+    if state in TERMINAL:
+        raise ApiError(409, f"job {job_id} is already {state}")
+    return {"id": job_id, "status": queue.cancel(job)}
