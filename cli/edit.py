@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import get_args
 
-from jobs.rules import ALL_SAMPLERS, DEFAULT_MODEL, EditParameters, parse
+from jobs.rules import ALL_SAMPLERS, DEFAULT_MODEL, EditParameters, OutputSize, Region, parse
 
 
 def parameter_arguments(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
@@ -36,11 +37,26 @@ def parameter_arguments(parser: argparse.ArgumentParser, defaults: bool = True) 
                         help="outputs per guide")
     parser.add_argument("--seed", type=int, default=default("seed"),
                         help="random seed (sample k uses seed + k)")
+    parser.add_argument("--region", choices=get_args(Region), default=default("region"),
+                        help="auto (default): with a mask, edit crops around its regions and "
+                             "stitch them back at the image's own size; masked: the same, a mask "
+                             "required; full: fit the whole image to the model")
+    parser.add_argument("--output-size", dest="output_size", choices=get_args(OutputSize),
+                        default=default("output_size"),
+                        help="whole-image edits: results at the model's size (default) or the "
+                             "input's")
+    parser.add_argument("--padding", type=float, default=default("padding"),
+                        help="crop-and-stitch: context per side, a fraction of the region "
+                             "(default 0.25)")
+    parser.add_argument("--feather", type=int, default=default("feather"),
+                        help="crop-and-stitch: blend over this many pixels inside the mask edge "
+                             "(default 4)")
 
 
 def parameters(args: argparse.Namespace, **extra: object) -> EditParameters:
     """The parsed options as EditParameters; ValueError with 'field: message' if out of range."""
-    names = ("t0", "steps", "sampler", "eta", "repeats", "samples", "seed")
+    names = ("t0", "steps", "sampler", "eta", "repeats", "samples", "seed", "region",
+             "output_size", "padding", "feather")
     values = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     values.update({k: v for k, v in extra.items() if v is not None})
     return parse(EditParameters, **values)
@@ -67,15 +83,18 @@ def fail(message: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     import torch
+    from PIL import ImageOps
     from tqdm import tqdm
 
-    from jobs.rules import RuleViolation, check
-    from models.imageio import ImageInputError, open_image, prepare_guide, prepare_mask, to_image
+    from jobs.rules import RuleViolation, check, check_mask
+    from models.imageio import ImageInputError, open_image
     from models.loader import ModelLoadError, load_model
+    from models.regions import plan_edit
     from models.sdedit import sdedit
 
     try:
         params = parameters(args)
+        check_mask(params, args.mask is not None)
     except ValueError as exc:
         return fail(str(exc))
     try:
@@ -83,9 +102,12 @@ def run(args: argparse.Namespace) -> int:
         mask_image = open_image(args.mask) if args.mask else None
     except ImageInputError as exc:
         return fail(str(exc))
-    if mask_image is not None and mask_image.size != guide_image.size:
-        return fail(f"mask size {mask_image.size[0]}x{mask_image.size[1]} does not match guide "
-                    f"size {guide_image.size[0]}x{guide_image.size[1]}")
+    # Sizes as displayed (EXIF orientation applied), as the edit reads both images.
+    shown = ImageOps.exif_transpose(guide_image).size
+    if mask_image is not None and ImageOps.exif_transpose(mask_image).size != shown:
+        mask_size = ImageOps.exif_transpose(mask_image).size
+        return fail(f"mask size {mask_size[0]}x{mask_size[1]} does not match guide "
+                    f"size {shown[0]}x{shown[1]}")
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -97,18 +119,25 @@ def run(args: argparse.Namespace) -> int:
         check(params, model.sde.family, model.sde.num_levels)
     except RuleViolation as exc:
         return fail(str(exc))
-    guide = prepare_guide(guide_image, model.resolution, model.channels, args.resize)
-    mask = prepare_mask(mask_image, model.resolution, args.resize) if mask_image else None
-    with tqdm(total=1, desc="sdedit", unit="step", dynamic_ncols=True) as bar:
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
+    try:
+        plan = plan_edit(guide_image, mask_image, model.resolution, model.channels,
+                         samples=params.samples, region=params.region,
+                         output_size=params.output_size, padding=params.padding,
+                         feather=params.feather, resize=args.resize)
+    except (ValueError, ImageInputError) as exc:
+        return fail(str(exc))
+    results = []
+    if len(plan.guides):
+        with tqdm(total=1, desc="sdedit", unit="step", dynamic_ncols=True) as bar:
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
 
-        images = sdedit(model, guide, mask, samples=params.samples, seed=params.seed,
-                        progress=progress, **params.sampling().model_dump())
+            results = sdedit(model, plan.guides, plan.masks, samples=params.samples,
+                             seed=params.seed, progress=progress, **params.sampling().model_dump())
     args.out.mkdir(parents=True, exist_ok=True)
-    for k, image in enumerate(images):
+    for k, image in enumerate(plan.finish(list(results))):
         path = args.out / f"{args.guide.stem}-{k}.png"
-        to_image(image).save(path)
+        image.save(path)
         print(path)
     return 0

@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"sdedit: error: {exc}", file=sys.stderr)
         return 2
     params = {k: getattr(args, k) for k in ("t0", "steps", "sampler", "eta", "repeats", "samples",
-                                            "seed", "model", "output_format")}
+                                            "seed", "model", "output_format", "region",
+                                            "output_size", "padding", "feather")}
     try:
         with SDEditClient(args.url, args.api_key) as client:
             job_id = client.submit(args.guide, args.mask, **params)

@@ -1,25 +1,33 @@
 """The queue client: every Redis read and write of an edit job, for the API and the workers.
 
-Jobs are RQ jobs on one queue per model, carried as JSON (RQ's JSONSerializer, never pickle):
-the task is `worker.tasks.run_edit` and its one keyword argument is the `EditJob` contract. Input
-bytes, results, progress, cancel flags and model specs live under the keys of jobs.contract.
-Tested with rq 3.0 (pinned >=3.0,<3.1). Imports no torch.
+Jobs are RQ jobs on one queue per model and priority, carried as JSON (RQ's JSONSerializer,
+never pickle): the task is `worker.tasks.run_edit` and its one keyword argument is the `EditJob`
+contract. Input bytes, results, progress, cancel flags and model specs live under the keys of
+jobs.contract. What happens to an edit (started, progress, ended) is reported here too, by
+whoever makes it happen, and becomes webhook messages (jobs.webhooks). Tested with rq 3.0
+(pinned >=3.0,<3.1). Imports no torch.
 """
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from redis import Redis
+from redis.client import Pipeline
 from rq import Queue, Retry
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from jobs.contract import (
+    PRIORITIES,
     EditJob,
     cancel_key,
+    edit_links,
     input_key,
     model_alive_key,
     model_spec_key,
@@ -29,14 +37,15 @@ from jobs.contract import (
 )
 from jobs.rules import ModelSpec
 from jobs.settings import Settings
+from jobs.webhooks import WebhookStore
 
 TASK = "worker.tasks.run_edit"
 TERMINAL = ("finished", "failed", "canceled")
 WAITING_SCAN_LIMIT = 1000  # queued jobs whose samples are counted for the slots-waiting metric
 
 
-def rq_queue(connection: Redis, model: str) -> Queue:
-    return Queue(queue_name(model), connection=connection, serializer=JSONSerializer)
+def rq_queue(connection: Redis, model: str, priority: str = "interactive") -> Queue:
+    return Queue(queue_name(model, priority), connection=connection, serializer=JSONSerializer)
 
 
 def fetch(connection: Redis, job_id: str) -> Job | None:
@@ -99,34 +108,51 @@ class JobQueue:
     def __init__(self, connection: Redis, settings: Settings) -> None:
         self.connection = connection
         self.settings = settings
-        # One Queue object per model: RQ caches the server version on it (a round trip saved).
-        self._queues: dict[str, Queue] = {}
+        # One Queue object per queue: RQ caches the server version on it (a round trip saved).
+        self._queues: dict[tuple[str, str], Queue] = {}
+        self.webhooks = WebhookStore(connection, settings)
+        # Running edits that asked for edit.progress events, with the time of the last one.
+        self._progress_events: dict[str, tuple[EditJob, float]] = {}
 
-    def queue(self, model: str) -> Queue:
-        if model not in self._queues:
-            self._queues[model] = rq_queue(self.connection, model)
-        return self._queues[model]
+    def queue(self, model: str, priority: str = "interactive") -> Queue:
+        if (model, priority) not in self._queues:
+            self._queues[model, priority] = rq_queue(self.connection, model, priority)
+        return self._queues[model, priority]
 
     # --- the API side ---------------------------------------------------------------------
 
-    def submit(self, edit: EditJob, guide: bytes, mask: bytes | None) -> None:
+    def submit(self, edit: EditJob, guide: bytes, mask: bytes | None,
+               also: Callable[[Pipeline], None] | None = None) -> None:
         """Store the inputs and enqueue the job in one transaction: a job is in the queue with
-        its inputs, or not at all. Retried once if its worker dies."""
-        ttl = self.settings.input_ttl_s
+        its inputs, or not at all. Retried once if its worker dies. `also` adds writes of its
+        own to the same transaction (e.g. the response of an Idempotency-Key)."""
         with self.connection.pipeline() as pipeline:
             pipeline.multi()  # before any command: RQ enqueues inside our transaction
-            pipeline.set(input_key(edit.id, "guide"), guide, ex=ttl)
-            if mask is not None:
-                pipeline.set(input_key(edit.id, "mask"), mask, ex=ttl)
-            self.queue(edit.model).enqueue(
-                TASK, job=edit.model_dump(mode="json"), job_id=edit.id,
-                result_ttl=self.settings.result_ttl_s, failure_ttl=self.settings.result_ttl_s,
-                job_timeout=self.settings.job_timeout_s, retry=Retry(max=1), pipeline=pipeline,
-                description=f"sdedit {edit.model} t0={edit.t0} samples={edit.samples}")
+            self.enqueue(pipeline, edit, guide, mask)
+            if also is not None:
+                also(pipeline)
             pipeline.execute()
 
-    def depth(self, model: str) -> int:
-        return self.queue(model).count
+    def enqueue(self, pipeline: Pipeline, edit: EditJob, guide: bytes, mask: bytes | None) -> None:
+        """Queue an edit's inputs and RQ job onto a transaction (on the queue of its priority)."""
+        ttl = self.settings.input_ttl_s
+        pipeline.set(input_key(edit.id, "guide"), guide, ex=ttl)
+        if mask is not None:
+            pipeline.set(input_key(edit.id, "mask"), mask, ex=ttl)
+        self.queue(edit.model, edit.priority).enqueue(
+            TASK, job=edit.model_dump(mode="json"), job_id=edit.id,
+            result_ttl=self.settings.result_ttl_s, failure_ttl=self.settings.result_ttl_s,
+            job_timeout=self.settings.job_timeout_s, retry=Retry(max=1), pipeline=pipeline,
+            description=f"sdedit {edit.model} t0={edit.t0} samples={edit.samples}")
+
+    def depth(self, model: str, priority: str | None = None) -> int:
+        """Queued jobs of a model: of one priority, or of all."""
+        priorities = PRIORITIES if priority is None else (priority,)
+        return sum(self.queue(model, p).count for p in priorities)
+
+    def depth_limit(self, priority: str) -> int:
+        return (self.settings.max_queue_depth if priority == "interactive"
+                else self.settings.max_batch_queue_depth)
 
     def find(self, job_id: str, owner: str) -> tuple[Job, EditJob] | None:
         """The RQ job and contract of an edit of this owner; None also for another owner's."""
@@ -141,7 +167,8 @@ class JobQueue:
         progress = self.connection.hgetall(progress_key(job.id))
         return EditRecord(
             edit=edit, state=state,
-            position=self.queue(edit.model).get_job_position(job.id) if state == "queued" else None,
+            position=(self.queue(edit.model, edit.priority).get_job_position(job.id)
+                      if state == "queued" else None),
             progress=(int(progress.get(b"done", 0)), int(progress.get(b"total", 0))),
             started_at=job.started_at, ended_at=job.ended_at,
             error=failure_reason(job) if state == "failed" else None)
@@ -154,9 +181,10 @@ class JobQueue:
                                              JobStatus.SCHEDULED):
             try:
                 job.cancel()
-                return "canceled"
             except InvalidJobOperation:  # it left the queue meanwhile
-                pass
+                return "canceling"
+            self.edit_ended(edit_of(job), "canceled")
+            return "canceled"
         return "canceling"
 
     def result(self, job_id: str, index: int) -> bytes | None:
@@ -202,6 +230,37 @@ class JobQueue:
             pipeline.hset(key, mapping={"done": done, "total": total})
             pipeline.expire(key, self.settings.result_ttl_s)
             pipeline.execute()
+        watched = self._progress_events.get(job_id)
+        now = time.monotonic()
+        if watched is not None and done < total and \
+                now - watched[1] >= self.settings.webhook_progress_interval_s:
+            self._progress_events[job_id] = (watched[0], now)
+            self._notify(watched[0], "edit.progress", f"progress_{done}", status="started",
+                         progress={"step": done, "total": total})
+
+    # --- what happens to an edit: webhook events ----------------------------------------------
+
+    def edit_started(self, edit: EditJob) -> None:
+        """A worker took the edit (reported once, even if a retry takes it again)."""
+        self._notify(edit, "edit.started", "started", status="started")
+        if edit.webhook_url and "edit.progress" in edit.webhook_events:
+            self._progress_events[edit.id] = (edit, -math.inf)
+
+    def edit_ended(self, edit: EditJob, state: str, error: str | None = None) -> None:
+        """The edit reached a terminal state (finished, failed, canceled), as recorded in RQ."""
+        self._progress_events.pop(edit.id, None)
+        self._notify(edit, f"edit.{state}", state, status=state, error=error)
+
+    def _notify(self, edit: EditJob, event: str, suffix: str, status: str,
+                **extra: object) -> None:
+        if not edit.webhook_url or event not in edit.webhook_events:
+            return
+        data = {"id": edit.id, "status": status, "model": edit.model, "priority": edit.priority,
+                "batch_id": edit.batch_id, "custom_id": edit.custom_id,
+                "links": edit_links(edit.id, edit.samples if status == "finished" else 0),
+                **extra}
+        self.webhooks.emit(f"msg_{edit.id}_{suffix}", edit.owner, edit.webhook_url, event, data,
+                           ("edit", edit.id))
 
     def canceled(self, job_ids: list[str]) -> list[str]:
         if not job_ids:
@@ -217,7 +276,12 @@ class JobQueue:
             pipeline.execute()
 
     def waiting_samples(self, model: str, limit: int = WAITING_SCAN_LIMIT) -> int:
-        """Samples (engine slots) the first `limit` queued jobs of a model will need."""
-        jobs = Job.fetch_many(self.queue(model).get_job_ids(0, limit), connection=self.connection,
-                              serializer=JSONSerializer)
+        """Samples (engine slots) the first `limit` queued jobs of a model will need
+        (interactive ones first)."""
+        ids = []
+        for priority in PRIORITIES:
+            ids += self.queue(model, priority).get_job_ids(0, limit - len(ids))
+            if len(ids) >= limit:
+                break
+        jobs = Job.fetch_many(ids, connection=self.connection, serializer=JSONSerializer)
         return sum(edit_of(job).samples for job in jobs if job is not None)

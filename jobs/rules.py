@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 Family = Literal["vp", "ve"]
 Sampler = Literal["ancestral", "ddim", "pc"]
 OutputFormat = Literal["png", "webp"]
+Region = Literal["auto", "masked", "full"]
+OutputSize = Literal["model", "input"]
 
 SAMPLERS: dict[str, tuple[str, ...]] = {"vp": ("ancestral", "ddim"), "ve": ("pc",)}
 DEFAULT_SAMPLER: dict[str, str] = {"vp": "ancestral", "ve": "pc"}
@@ -60,6 +62,23 @@ class EditParameters(SamplingParameters):
     samples: int = Field(1, ge=1, description="output images (the limit is a setting)")
     seed: int = Field(0, ge=0, lt=2**63, description="sample k uses seed + k")
     output_format: OutputFormat = Field("png", description="result image format")
+    region: Region = Field(
+        "auto", description="auto: with a mask, edit crops around its regions at the model's "
+                            "resolution and stitch them back into the image at its own size "
+                            "(pixels outside the mask bit-identical); without one, the whole "
+                            "image. masked: crop-and-stitch (a mask is required). full: fit the "
+                            "whole image to the model's resolution",
+        examples=["auto"])
+    output_size: OutputSize = Field(
+        "model", description="for whole-image edits (region full, or no mask): results at the "
+                             "model's resolution, or resized back to the input's size",
+        examples=["input"])
+    padding: float = Field(0.25, ge=0.0, le=4.0, allow_inf_nan=False,
+                           description="crop-and-stitch: context around each mask region, per "
+                                       "side, as a fraction of the region's longer side (at "
+                                       "least 8 px)")
+    feather: int = Field(4, ge=0, le=64, description="crop-and-stitch: pixels inside the mask "
+                                                    "edge over which the edit blends in")
 
     def sampling(self) -> SamplingParameters:
         return SamplingParameters(**self.model_dump(include=set(SamplingParameters.model_fields)))
@@ -117,6 +136,13 @@ def check(params: SamplingParameters, family: str, levels: int) -> None:
     if params.steps is not None and params.steps > start + 1:
         raise RuleViolation("steps", f"at most {start + 1} for t0={params.t0:g} on this model "
                                      f"(the levels from t0 down to 0 of its {levels})")
+
+
+def check_mask(params: EditParameters, has_mask: bool) -> None:
+    """Rules that depend on whether a mask came with the edit."""
+    if params.region == "masked" and not has_mask:
+        raise RuleViolation("region", "'masked' edits the regions of a mask; send a mask, or use "
+                                      "region 'auto' or 'full'")
 
 
 class ModelSpec(BaseModel):

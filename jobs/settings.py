@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -38,6 +38,48 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9100, description="worker: Prometheus port (0 = off)")
     host: str = Field("127.0.0.1", description="API bind address")
     port: int = Field(8000, description="API port")
+    idempotency_ttl_s: int = Field(24 * 3600, gt=0,
+                                   description="how long an Idempotency-Key and its response are "
+                                               "kept (per API key)")
+    max_batch_requests: int = Field(1000, gt=0, description="requests per batch")
+    max_batch_bytes: int = Field(100 * 2**20, gt=0,
+                                 description="body of POST /v1/batches; larger -> 413")
+    max_batch_queue_depth: int = Field(100_000, gt=0,
+                                       description="queued batch-priority jobs per model; more -> 429")
+    batch_window_s: int = Field(24 * 3600, gt=0,
+                                description="a batch not done this long after submission expires: "
+                                            "its unfinished requests are canceled")
+    batch_share: float = Field(0.2, gt=0.0, lt=1.0,
+                               description="worker: share of a model's compute that batch jobs "
+                                           "keep while interactive jobs run (never starved)")
+    webhook_allow_hosts: list[str] = Field(
+        [], description="webhook hosts allowed even though they resolve to loopback, private, "
+                        "link-local or metadata addresses (refused otherwise)")
+    webhook_timeout_s: float = Field(15.0, gt=0, description="dispatcher: per delivery attempt")
+    webhook_retry_schedule_s: list[float] = Field(
+        [5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400],
+        description="dispatcher: delays before the 2nd, 3rd, ... attempt (about 3 days in all)")
+    webhook_jitter: float = Field(0.1, ge=0.0, lt=1.0,
+                                  description="dispatcher: each retry delay is scaled by a random "
+                                              "factor in [1 - jitter, 1 + jitter]")
+    webhook_progress_interval_s: float = Field(5.0, gt=0,
+                                               description="worker: edit.progress events at most "
+                                                           "this often per edit")
+    webhook_secret_grace_s: int = Field(24 * 3600, ge=0,
+                                        description="after a rotation the previous webhook secret "
+                                                    "still signs this long")
+    dispatcher_concurrency: int = Field(8, gt=0, description="dispatcher: deliveries in flight")
+    dispatcher_poll_s: float = Field(0.5, gt=0, description="dispatcher: how often it looks for "
+                                                            "due deliveries and expired batches")
+
+    @field_validator("models")
+    @classmethod
+    def _no_queue_separator(cls, models: list[str]) -> list[str]:
+        # '@' separates a model from its queue's priority (jobs.contract.queue_name).
+        bad = [m for m in models if "@" in m]
+        if bad:
+            raise ValueError(f"model names may not contain '@': {bad}")
+        return models
 
 
 @lru_cache

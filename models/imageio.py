@@ -83,6 +83,16 @@ def prepare_mask(image: Image.Image, resolution: int, resize: str = "crop") -> t
     return torch.from_numpy(array.astype(np.float32))[None]
 
 
+def guide_image(image: Image.Image, channels: int = 3) -> Image.Image:
+    """A PIL image as guides are read, before any resize: oriented, on white, RGB (or L)."""
+    return _flatten(image, (255, 255, 255)).convert("RGB" if channels == 3 else "L")
+
+
+def mask_array(image: Image.Image) -> np.ndarray:
+    """Any image as a binary (H, W) bool mask at its own size: True where the edit may change."""
+    return np.asarray(_flatten(image, (0, 0, 0)).convert("L")) >= MASK_THRESHOLD
+
+
 def to_tensor(image: Image.Image) -> torch.Tensor:
     array = np.asarray(image, dtype=np.uint8)
     if array.ndim == 2:

@@ -7,8 +7,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from jobs.idempotency import IdempotencyStore
 from jobs.queue import JobQueue
 from jobs.settings import Settings, get_settings
+from jobs.webhooks import WebhookStore
 from service.errors import ApiError
 from service.metrics import ApiMetrics
 
@@ -35,7 +37,18 @@ def api_metrics(request: Request) -> ApiMetrics:
     return request.app.state.metrics
 
 
+def idempotency_store(request: Request,
+                      settings: Annotated[Settings, Depends(get_settings)]) -> IdempotencyStore:
+    return IdempotencyStore(request.app.state.queue.connection, settings.idempotency_ttl_s)
+
+
+def webhook_store(request: Request) -> WebhookStore:
+    return request.app.state.queue.webhooks
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 Caller = Annotated[str, Depends(caller)]
 QueueDep = Annotated[JobQueue, Depends(job_queue)]
 MetricsDep = Annotated[ApiMetrics, Depends(api_metrics)]
+IdempotencyDep = Annotated[IdempotencyStore, Depends(idempotency_store)]
+WebhooksDep = Annotated[WebhookStore, Depends(webhook_store)]

@@ -20,9 +20,14 @@ class ImageRejected(ValueError):
         self.message = message
 
 
+# EXIF orientations that turn the image by 90 degrees: displayed width and height swap.
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+EXIF_ORIENTATION = 0x0112
+
+
 @dataclass(frozen=True)
 class ImageInfo:
-    width: int
+    width: int  # as displayed: EXIF orientation applied
     height: int
     format: str
 
@@ -58,4 +63,6 @@ def inspect_image(data: bytes, field: str, max_bytes: int, max_pixels: int) -> I
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
             Image.DecompressionBombError) as exc:
         raise ImageRejected(422, f"{field}: the image data is corrupt ({exc})") from None
+    if image.getexif().get(EXIF_ORIENTATION) in TRANSPOSING_ORIENTATIONS:
+        width, height = height, width
     return ImageInfo(width=width, height=height, format=image.format)

@@ -20,7 +20,14 @@ from starlette.datastructures import UploadFile
 
 from jobs.contract import EditJob
 from jobs.queue import JobQueue
-from jobs.rules import PARAMETER_FIELDS, EditParameters, RuleViolation, check, describe
+from jobs.rules import (
+    PARAMETER_FIELDS,
+    EditParameters,
+    RuleViolation,
+    check,
+    check_mask,
+    describe,
+)
 from jobs.settings import Settings
 from service.errors import ApiError
 from service.images import ImageRejected, inspect_image
@@ -76,7 +83,8 @@ async def read_submission(request: Request, settings: Settings) -> Submission:
                         "(base64 fields image, mask)")
 
 
-def parse_parameters(fields: dict, settings: Settings, queue: JobQueue) -> EditParameters:
+def parse_parameters(fields: dict, has_mask: bool, settings: Settings,
+                     queue: JobQueue) -> EditParameters:
     """The edit's parameters, checked against the rules and the model's published spec."""
     unknown = sorted(set(fields) - set(PARAMETER_FIELDS))
     if unknown:
@@ -92,6 +100,10 @@ def parse_parameters(fields: dict, settings: Settings, queue: JobQueue) -> EditP
                             f"{', '.join(settings.models)}")
     if params.samples > settings.max_samples:
         raise ApiError(422, f"samples: at most {settings.max_samples} per job")
+    try:
+        check_mask(params, has_mask)
+    except RuleViolation as exc:
+        raise ApiError(422, str(exc)) from None
     spec = queue.model_spec(params.model)
     # A model no worker has published yet cannot be checked here; its worker checks on admission.
     if spec is not None:
@@ -112,14 +124,27 @@ def check_images(submission: Submission, settings: Settings) -> tuple[int, int]:
         if submission.mask is not None:
             mask = inspect_image(submission.mask, "mask", settings.max_upload_bytes,
                                  settings.max_pixels)
+            # Compared as displayed (EXIF orientation applied), as the worker reads both.
             if (mask.width, mask.height) != (info.width, info.height):
                 raise ImageRejected(422, f"mask: {mask.width}x{mask.height} does not match the "
-                                         f"image's {info.width}x{info.height}")
+                                         f"image's {info.width}x{info.height} (as displayed, "
+                                         "after EXIF orientation)")
     except ImageRejected as exc:
         raise ApiError(exc.status, exc.message) from None
     return info.width, info.height
 
 
-def new_edit(params: EditParameters, owner: str, size: tuple[int, int], has_mask: bool) -> EditJob:
-    return EditJob(**params.model_dump(), id=uuid.uuid4().hex, owner=owner,
+def new_edit(params: EditParameters, owner: str, size: tuple[int, int], has_mask: bool,
+             **options: object) -> EditJob:
+    """The job contract of an edit; options: EditJob's option fields (priority, webhook, batch)."""
+    return EditJob(**params.model_dump(), **options, id=uuid.uuid4().hex, owner=owner,
                    created_at=datetime.now(UTC), width=size[0], height=size[1], has_mask=has_mask)
+
+
+def ensure_room(queue: JobQueue, settings: Settings, model: str, priority: str,
+                count: int = 1) -> None:
+    """429 with Retry-After when the model's queue of this priority cannot take `count` jobs."""
+    depth, limit = queue.depth(model, priority), queue.depth_limit(priority)
+    if depth + count > limit:
+        raise ApiError(429, f"the {priority} queue of {model!r} is full ({depth} of {limit} jobs); "
+                            "retry later", headers={"Retry-After": str(settings.retry_after_s)})

@@ -89,6 +89,38 @@ def test_submit_run_and_fetch_results(client, settings, runner):
     assert client.get(f"/v1/edits/{job_id}/images/2").status_code == 404
 
 
+def test_output_size_input_returns_a_whole_image_edit_at_the_input_size(client, settings, runner):
+    job_id = submit(client, settings, output_size="input").json()["id"]
+    run_worker(runner, settings)
+    with Image.open(io.BytesIO(client.get(f"/v1/edits/{job_id}/images/0").content)) as result:
+        assert result.size == (24, 24)
+
+
+def test_region_masked_without_a_mask_is_refused(client, settings):
+    response = submit(client, settings, region="masked")
+    assert response.status_code == 422
+    assert response.json()["error"]["message"].startswith("region: 'masked' edits the regions")
+
+
+def test_a_mask_drawn_on_an_exif_rotated_photo_matches_it_as_displayed(client, settings, runner):
+    """A 30x20 JPEG whose EXIF says 'rotate 90': shown 20x30, and the mask is drawn at 20x30."""
+    photo = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (30, 20), (10, 200, 90)).save(photo, "JPEG", exif=exif)
+    mask = Image.new("L", (20, 30), 0)
+    mask.paste(255, (5, 5, 12, 14))
+    buffer = io.BytesIO()
+    mask.save(buffer, "PNG")
+    response = submit(client, settings, image=photo.getvalue(), mask=buffer.getvalue())
+    assert response.status_code == 202, response.text
+    run_worker(runner, settings)
+    job_id = response.json()["id"]
+    assert client.get(f"/v1/edits/{job_id}").json()["status"] == "finished"
+    with Image.open(io.BytesIO(client.get(f"/v1/edits/{job_id}/images/0").content)) as result:
+        assert result.size == (20, 30)
+
+
 def test_json_submission_with_mask_and_webp_output(client, settings, runner):
     mask = png(mode="L")
     body = {"image": base64.b64encode(png()).decode(), "mask": base64.b64encode(mask).decode(),

@@ -18,17 +18,42 @@ def guide_file(tmp_path):
     return path
 
 
-def test_edit_writes_samples_at_model_resolution(vp_dir, guide_file, tmp_path):
+@pytest.mark.parametrize("region,size", [("full", (16, 16)), ("auto", (24, 24))])
+def test_edit_writes_samples_at_model_or_input_resolution(vp_dir, guide_file, tmp_path, region,
+                                                          size):
     mask = tmp_path / "mask.png"
     Image.new("L", (24, 24), 255).save(mask)
     out = tmp_path / "out"
     code = main(["edit", str(guide_file), "--mask", str(mask), "--t0", "0.2", "--steps", "5",
-                 "-n", "2", "--seed", "3", "--model", str(vp_dir), "-o", str(out)])
+                 "-n", "2", "--seed", "3", "--model", str(vp_dir), "--region", region,
+                 "-o", str(out)])
     assert code == 0
     files = sorted(p.name for p in out.iterdir())
     assert files == ["guide-0.png", "guide-1.png"]
     with Image.open(out / "guide-0.png") as image:
-        assert image.size == (16, 16) and image.mode == "RGB"
+        assert image.size == size and image.mode == "RGB"
+
+
+def test_a_masked_edit_of_a_large_photo_keeps_its_size_and_its_unmasked_pixels(vp_dir, tmp_path):
+    """1600x1200 in, 1600x1200 out; only the small masked region changes (crop-and-stitch)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 256, (1200, 1600, 3), dtype=np.uint8)).save(photo)
+    mask = Image.new("L", (1600, 1200), 0)
+    mask.paste(255, (700, 500, 780, 560))
+    mask.save(tmp_path / "mask.png")
+    out = tmp_path / "out"
+    assert main(["edit", str(photo), "--mask", str(tmp_path / "mask.png"), "--t0", "0.3",
+                 "--steps", "3", "--model", str(vp_dir), "-o", str(out)]) == 0
+    before = np.asarray(Image.open(photo))
+    after = np.asarray(Image.open(out / "photo-0.png"))
+    assert after.shape == before.shape
+    changed = np.any(after != before, axis=2)
+    assert changed[500:560, 700:780].any()
+    changed[500:560, 700:780] = False
+    assert not changed.any()
 
 
 @pytest.mark.parametrize("args,message", [
@@ -42,6 +67,8 @@ def test_edit_writes_samples_at_model_resolution(vp_dir, guide_file, tmp_path):
     (["GUIDE", "--t0", "0.01", "--steps", "11"], "steps: at most 10 for t0=0.01 on this model"),
     (["GUIDE", "--samples", "0"], "samples: Input should be greater than or equal to 1"),
     (["GUIDE", "--eta", "1.5"], "eta: Input should be less than or equal to 1"),
+    (["GUIDE", "--region", "masked"], "region: 'masked' edits the regions of a mask; send a mask"),
+    (["GUIDE", "--feather", "100"], "feather: Input should be less than or equal to 64"),
 ])
 def test_bad_inputs_give_one_line_errors(vp_dir, guide_file, tmp_path, capsys, args, message):
     not_image = tmp_path / "x.png"

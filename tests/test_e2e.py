@@ -25,8 +25,8 @@ def test_up_serves_edits_and_stops_cleanly_on_ctrl_c(running_service, vp_dir, tm
         assert state["status"] == "finished" and state["progress"]["step"] == 8
         paths = client.download(job, tmp_path / "client", stem="smiley")
     assert [p.name for p in paths] == ["smiley-0.png", "smiley-1.png"]
-    with Image.open(paths[0]) as image:
-        assert image.size == (16, 16)
+    with Image.open(paths[0]) as image, Image.open(EXAMPLES / "smiley.png") as guide:
+        assert image.size == guide.size  # a masked edit comes back at the input's size
 
     out = tmp_path / "cli"
     code = cli_main(["submit", str(EXAMPLES / "heart.png"), "--model", str(vp_dir), "--url", url,
@@ -46,6 +46,35 @@ def test_up_serves_edits_and_stops_cleanly_on_ctrl_c(running_service, vp_dir, tm
     assert "auth is OFF" in output and "embedded Redis" in output
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{url}/healthz")
+
+
+def test_a_large_photo_with_a_small_mask_comes_back_at_its_size(running_service, vp_dir, tmp_path):
+    """Through real HTTP and a worker process: 1600x1200 in, 1600x1200 out, only the mask
+    changed (crop-and-stitch), in PNG and in lossless WebP."""
+    import io
+
+    import numpy as np
+
+    url, _ = running_service
+    rng = np.random.default_rng(1)
+    before = rng.integers(0, 256, (1200, 1600, 3), dtype=np.uint8)
+    photo, mask = io.BytesIO(), io.BytesIO()
+    Image.fromarray(before).save(photo, "PNG")
+    mask_image = Image.new("L", (1600, 1200), 0)
+    mask_image.paste(255, (1200, 100, 1290, 170))
+    mask_image.save(mask, "PNG")
+    with SDEditClient(url, timeout=120) as client:
+        for output_format in ("png", "webp"):
+            job = client.submit(photo.getvalue(), mask.getvalue(), model=str(vp_dir), t0=0.3,
+                                steps=3, output_format=output_format)
+            assert client.wait(job, timeout=120, progress=False)["status"] == "finished"
+            with Image.open(io.BytesIO(client.image(job, 0))) as result:
+                after = np.asarray(result.convert("RGB"))
+            assert after.shape == before.shape
+            changed = np.any(after != before, axis=2)
+            assert changed[100:170, 1200:1290].any()
+            changed[100:170, 1200:1290] = False
+            assert not changed.any()
 
 
 def test_submit_reports_an_unreachable_service(tmp_path, capsys):

@@ -32,11 +32,11 @@ class RunningEdit:
     # sample's sampler steps (over all repeats).
     @property
     def total(self) -> int:
-        return self.slots[0].total_steps
+        return self.slots[0].total_steps if self.slots else 0
 
     @property
     def done(self) -> int:
-        return min(s.done_steps for s in self.slots)
+        return min((s.done_steps for s in self.slots), default=0)
 
     @property
     def finished(self) -> bool:
@@ -59,20 +59,31 @@ class Engine:
     def free_slots(self, model: str) -> int:
         return self.max_batch - len(self.batches[model].active)
 
-    def admit(self, edit_id: str, model: str, guide: torch.Tensor, mask: torch.Tensor | None,
+    def admit(self, edit_id: str, model: str, guides: torch.Tensor, masks: torch.Tensor | None,
               params: SamplingParameters, samples: int, seed: int) -> RunningEdit:
-        """Add an edit's samples to its model's batch; ValueError on inputs it cannot run."""
+        """Add an edit to its model's batch: one slot per guide and sample; guide b, sample k
+        uses seed + b * samples + k (as sdedit() does). ValueError on inputs it cannot run.
+
+        guides: (B, C, H, W), or (C, H, W) for one; masks alike (or None). B = 0 is an edit
+        with nothing to compute (an empty mask): it finishes at the next step.
+        """
         if model not in self.batches:
             raise ValueError(f"model {model!r} is not loaded by this worker")
-        if samples > self.max_batch:
-            raise ValueError(f"{samples} samples exceed the worker's batch of {self.max_batch}")
+        guides = guides[None] if guides.dim() == 3 else guides
+        if masks is not None and masks.dim() == 3:
+            masks = masks[None]
+        if len(guides) * samples > self.max_batch:
+            raise ValueError(f"{len(guides)} x {samples} samples exceed the worker's batch of "
+                             f"{self.max_batch}")
         batch = self.batches[model]
         sde = batch.model.sde
         # Checked before any slot joins, so an edit joins whole or not at all.
         check(params, sde.family, sde.num_levels)
-        check_inputs(batch.model, guide, mask)
-        slots = [batch.add(Slot(guide=guide, mask=mask, params=params, seed=seed + k,
-                                key=(edit_id, k))) for k in range(samples)]
+        for b, guide in enumerate(guides):
+            check_inputs(batch.model, guide, None if masks is None else masks[b])
+        slots = [batch.add(Slot(guide=guide, mask=None if masks is None else masks[b],
+                                params=params, seed=seed + b * samples + k, key=(edit_id, b, k)))
+                 for b, guide in enumerate(guides) for k in range(samples)]
         edit = RunningEdit(id=edit_id, model=model, slots=slots)
         self.edits[edit_id] = edit
         return edit
@@ -102,7 +113,7 @@ class Engine:
 
     @property
     def busy(self) -> bool:
-        return any(batch.active for batch in self.batches.values())
+        return bool(self.edits)
 
     @torch.inference_mode()
     def step(self, on_forward: Callable[[str, int, float], None] | None = None) -> list[RunningEdit]:
@@ -110,7 +121,6 @@ class Engine:
 
         on_forward(model, slots, seconds) is called after each model's iteration.
         """
-        finished = []
         for name, batch in self.batches.items():
             if not batch.active:
                 continue
@@ -120,8 +130,8 @@ class Engine:
             if on_forward is not None:
                 on_forward(name, occupancy, time.perf_counter() - start)
             batch.pop_finished()
-            for edit_id in [i for i, e in self.edits.items() if e.model == name and e.finished]:
-                edit = self.edits.pop(edit_id)
-                edit.results = [s.result for s in edit.slots]
-                finished.append(edit)
+        finished = [edit for edit in self.edits.values() if edit.finished]
+        for edit in finished:
+            del self.edits[edit.id]
+            edit.results = [s.result for s in edit.slots]
         return finished

@@ -17,9 +17,10 @@ from jobs.rules import ModelSpec
 from jobs.settings import Settings
 from models.loader import load_model
 from models.network import ScoreModel
+from models.regions import EditPlan
 from worker import metrics
 from worker.engine import Engine
-from worker.jobio import ProgressWriter, load_inputs, store_results
+from worker.jobio import ProgressWriter, load_plan, store_results
 from worker.rq_adapter import BatchWorker
 
 log = logging.getLogger("sdedit.worker")
@@ -47,6 +48,7 @@ class EditRunner:
         self.queue = queue
         self.settings = settings
         self.edits: dict[str, EditJob] = {}
+        self.plans: dict[str, EditPlan] = {}
         self.not_stepped: dict[str, EditJob] = {}  # admitted, first forward still to come
         self.progress = ProgressWriter(queue, settings.progress_interval_s)
 
@@ -66,10 +68,11 @@ class EditRunner:
         metrics.QUEUE_WAIT_SECONDS.labels(edit.model).observe(
             (datetime.now(UTC) - edit.created_at).total_seconds())
         model = self.engine.models[edit.model]
-        guide, mask = load_inputs(self.queue, edit, model)
-        running = self.engine.admit(edit.id, edit.model, guide, mask, edit.sampling(),
-                                    edit.samples, edit.seed)
+        plan = load_plan(self.queue, edit, model, self._largest_edit)
+        running = self.engine.admit(edit.id, edit.model, plan.guides, plan.masks,
+                                    edit.sampling(), edit.samples, edit.seed)
         self.edits[edit.id] = edit
+        self.plans[edit.id] = plan
         self.not_stepped[edit.id] = edit
         self.progress.update(edit.id, 0, running.total)
 
@@ -95,8 +98,9 @@ class EditRunner:
         outcomes = []
         for running in finished:
             edit = self.edits.pop(running.id)
+            plan = self.plans.pop(running.id)
             try:
-                summary = store_results(self.queue, edit, running.results)
+                summary = store_results(self.queue, edit, plan.finish(running.results))
                 self.progress.update(running.id, running.total, running.total)
                 outcomes.append((running.id, summary))
             except Exception as exc:
@@ -115,6 +119,7 @@ class EditRunner:
     def drop(self, job_id: str) -> None:
         self.engine.cancel(job_id)
         self.edits.pop(job_id, None)
+        self.plans.pop(job_id, None)
         self.not_stepped.pop(job_id, None)
 
     def publish(self) -> None:

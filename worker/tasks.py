@@ -17,7 +17,7 @@ from jobs.settings import get_settings
 from models.loader import load_model
 from models.network import ScoreModel
 from models.sdedit import sdedit
-from worker.jobio import ProgressWriter, load_inputs, store_results
+from worker.jobio import ProgressWriter, load_plan, store_results
 
 
 @lru_cache(maxsize=4)
@@ -30,9 +30,9 @@ def run_edit(job: dict[str, Any]) -> dict[str, Any]:
     settings = get_settings()
     queue = JobQueue(get_current_job().connection, settings)
     model = cached_model(edit.model)
-    guide, mask = load_inputs(queue, edit, model)
+    plan = load_plan(queue, edit, model, settings.max_samples)
     progress = ProgressWriter(queue, settings.progress_interval_s)
-    images = sdedit(model, guide, mask, samples=edit.samples, seed=edit.seed,
-                    progress=lambda done, total: progress.update(edit.id, done, total),
-                    **edit.sampling().model_dump())
-    return store_results(queue, edit, list(images))
+    results = sdedit(model, plan.guides, plan.masks, samples=edit.samples, seed=edit.seed,
+                     progress=lambda done, total: progress.update(edit.id, done, total),
+                     **edit.sampling().model_dump()) if len(plan.guides) else []
+    return store_results(queue, edit, plan.finish(list(results)))

@@ -5,13 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
 
+from jobs.contract import OPTION_FIELDS, EditOptions, edit_links
 from jobs.queue import TERMINAL, EditRecord, JobQueue, state_of
 from jobs.rules import PARAMETER_FIELDS, EditParameters
-from service.deps import Caller, MetricsDep, QueueDep, SettingsDep
+from service.deps import Caller, IdempotencyDep, MetricsDep, QueueDep, SettingsDep
 from service.errors import ERROR_RESPONSES, ApiError
+from service.idempotency import Idempotent
+from service.options import edit_fields, parse_options, split_options
 from service.schemas import Accepted, Cancellation, EditStatus
-from service.submission import check_images, new_edit, parse_parameters, read_submission
+from service.submission import (
+    check_images,
+    ensure_room,
+    new_edit,
+    parse_parameters,
+    read_submission,
+)
 
 MEDIA_TYPES = {"png": "image/png", "webp": "image/webp"}
 
@@ -22,19 +32,16 @@ SUBMIT_BODY = {"requestBody": {"content": {
         "image": {"type": "string", "format": "binary"},
         "mask": {"type": "string", "format": "binary",
                  "description": "white (>= 128) may change, black is kept"},
-        **{k: {"type": "string"} for k in PARAMETER_FIELDS}}}},
+        **{k: {"type": "string"} for k in PARAMETER_FIELDS + OPTION_FIELDS}}}},
     "application/json": {"schema": {"type": "object", "required": ["image"], "properties": {
         "image": {"type": "string", "format": "byte"},
         "mask": {"type": "string", "format": "byte"},
-        **EditParameters.model_json_schema()["properties"]}},
+        **EditParameters.model_json_schema()["properties"],
+        **EditOptions.model_json_schema()["properties"]}},
         "example": {"image": "<base64 PNG>", "t0": 0.5, "samples": 2, "seed": 7}}}}}
 
 
-def links(job_id: str, images: int = 0) -> dict[str, Any]:
-    out: dict[str, Any] = {"self": f"/v1/edits/{job_id}"}
-    if images:
-        out["images"] = [f"/v1/edits/{job_id}/images/{k}" for k in range(images)]
-    return out
+links = edit_links
 
 
 def status_body(record: EditRecord) -> dict[str, Any]:
@@ -60,21 +67,29 @@ def owned(queue: JobQueue, job_id: str, owner: str):
     return found
 
 
-@router.post("", status_code=202, response_model=Accepted, openapi_extra=SUBMIT_BODY)
+@router.post("", status_code=202, response_model=Accepted, openapi_extra=SUBMIT_BODY,
+             responses={400: {"description": "malformed Idempotency-Key"}})
 async def submit(request: Request, owner: Caller, queue: QueueDep, settings: SettingsDep,
-                 metrics: MetricsDep) -> Any:
-    """Submit an edit: a guide image, an optional mask, and parameters. Answers 202."""
+                 metrics: MetricsDep, idempotency: IdempotencyDep) -> Any:
+    """Submit an edit: a guide image, an optional mask, parameters and options (priority,
+    webhook). Answers 202. With an Idempotency-Key header a retry gets the first answer."""
     submission = await read_submission(request, settings)
-    params = parse_parameters(submission.fields, settings, queue)
+    fields, raw_options = split_options(submission.fields)
+    params = parse_parameters(fields, submission.mask is not None, settings, queue)
+    options = await run_in_threadpool(parse_options, raw_options, settings)
     size = check_images(submission, settings)
-    depth = queue.depth(params.model)
-    if depth >= settings.max_queue_depth:
-        raise ApiError(429, f"the queue of {params.model!r} is full ({depth} jobs); retry later",
-                       headers={"Retry-After": str(settings.retry_after_s)})
-    edit = new_edit(params, owner, size, submission.mask is not None)
-    queue.submit(edit, submission.guide, submission.mask)
+    parsed = {"parameters": params.model_dump(mode="json"),
+              "options": options.model_dump(mode="json"),
+              "image": submission.guide, "mask": submission.mask}
+    with Idempotent(request, idempotency, owner, "edits", parsed) as once:
+        if once.replay is not None:
+            return once.replay
+        ensure_room(queue, settings, params.model, options.priority)
+        edit = new_edit(params, owner, size, submission.mask is not None, **edit_fields(options))
+        body = {"id": edit.id, "status": "queued", "links": links(edit.id)}
+        queue.submit(edit, submission.guide, submission.mask, also=once.remember(202, body))
     metrics.accepted.labels(params.model).inc()
-    return {"id": edit.id, "status": "queued", "links": links(edit.id)}
+    return body
 
 
 @router.get("/{job_id}", response_model=EditStatus)
