@@ -6,15 +6,16 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from cli import edit, serve, submit
+from cli import dispatcher, edit, serve, submit
 
 # Each subcommand module has add_arguments(parser) and run(args) -> exit code.
-COMMANDS = {"edit": edit, "submit": submit, "up": serve, "api": serve, "worker": serve}
+COMMANDS = {"edit": edit, "submit": submit, "up": serve, "api": serve, "worker": serve,
+            "dispatcher": dispatcher}
 
 
 HELP = {
-    "up": "Start everything on this machine: Redis (embedded unless SDEDIT_REDIS_URL), the API "
-          "and one worker.",
+    "up": "Start everything on this machine: Redis (embedded unless SDEDIT_REDIS_URL), the API, "
+          "one worker and the webhook dispatcher.",
     "api": "Run the HTTP API (configured by SDEDIT_* environment variables).",
     "worker": "Run a worker that holds the models and batches jobs (SDEDIT_* variables).",
 }

@@ -1,4 +1,5 @@
-"""Run the service: `up` (embedded Redis + API + one worker), or `api` / `worker` separately."""
+"""Run the service: `up` (embedded Redis + API + one worker + the webhook dispatcher), or `api` /
+`worker` separately."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def up(settings) -> int:
-    """Everything on one machine: a real Redis (embedded unless REDIS_URL), the API, one worker."""
+    """Everything on one machine: a real Redis (embedded unless REDIS_URL), the API, one worker
+    and the webhook dispatcher."""
     from jobs.connection import connect, socket_url, stop_embedded
 
     env = dict(os.environ)
@@ -55,7 +57,7 @@ def up(settings) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     children = [subprocess.Popen([sys.executable, "-m", "cli", part], env=env)
-                for part in ("api", "worker")]
+                for part in ("api", "worker", "dispatcher")]
     print(f"SDEdit service: http://{settings.host}:{settings.port} "
           f"(API docs at /docs; models: {', '.join(settings.models)}); Ctrl-C stops everything",
           flush=True)

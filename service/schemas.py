@@ -53,6 +53,38 @@ class EditStatus(BaseModel):
     links: Links
 
 
+class WebhookSecret(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {
+        "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "previous_valid_until": None}})
+
+    secret: str = Field(description="verify webhook-signature with it (Standard Webhooks)")
+    previous_valid_until: str | None = Field(
+        description="after a rotation, the previous secret also signs until then")
+
+
+class Attempt(BaseModel):
+    at: str
+    status_code: int | None = Field(description="the receiver's answer; null if none came")
+    error: str | None
+    duration_ms: float
+
+
+class Delivery(BaseModel):
+    id: str = Field(description="webhook-id: the same on every attempt of this message")
+    type: str = Field(examples=["edit.finished"])
+    url: str
+    status: Literal["pending", "delivered", "failed", "gone", "refused"] = Field(
+        description="pending: an attempt is due at next_attempt_at; gone: the receiver answered "
+                    "410; refused: the URL resolves to a non-public address")
+    created_at: str
+    next_attempt_at: str | None
+    attempts: list[Attempt]
+
+
+class Deliveries(BaseModel):
+    deliveries: list[Delivery]
+
+
 class Cancellation(BaseModel):
     id: str
     status: Literal["canceled", "canceling"]

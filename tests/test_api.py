@@ -239,6 +239,17 @@ def test_models_and_readiness_follow_the_workers(client, settings, runner):
     assert info["samplers"] == ["ancestral", "ddim"] and info["defaults"]["t0"] == 0.5
 
 
+def test_each_models_counters_are_born_at_zero():
+    """So rate() and increase() see the first accepted job (a series born at 1 loses it)."""
+    from prometheus_client import generate_latest
+
+    from service.metrics import ApiMetrics
+
+    text = generate_latest(ApiMetrics(["a", "b"]).registry).decode()
+    for model in ("a", "b"):
+        assert f'sdedit_api_jobs_accepted_total{{model="{model}"}} 0.0' in text
+
+
 def test_metrics_count_requests_and_queue_depth(client, settings):
     submit(client, settings)
     text = client.get("/metrics").text

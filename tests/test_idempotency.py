@@ -53,7 +53,7 @@ def settings(service):
     return service[1]
 
 
-def post(client, settings, key: str | None = "k-1", image: bytes | None = None, **fields):
+def post(client, settings, key: str | bytes | None = "k-1", image: bytes | None = None, **fields):
     data = {"model": settings.models[0], "t0": "0.3", "steps": "5", **fields}
     headers = {} if key is None else {"Idempotency-Key": key}
     return client.post("/v1/edits", data=data, headers=headers,
@@ -117,7 +117,7 @@ def test_a_key_is_kept_for_the_configured_time(client, settings):
     assert settings.idempotency_ttl_s - 60 < connection.ttl(key) <= settings.idempotency_ttl_s
 
 
-@pytest.mark.parametrize("header", ["", " ", "x" * 256, "caf\u00e9"])
+@pytest.mark.parametrize("header", ["", " ", "x" * 256, "caf\u00e9".encode("latin-1")])
 def test_malformed_keys_are_400(client, settings, header):
     response = post(client, settings, key=header)
     assert response.status_code == 400 and "Idempotency-Key" in response.json()["error"]["message"]

@@ -158,3 +158,35 @@ def test_a_rejected_upload_shows_the_api_error_message(page):
     page.wait_for_function("document.querySelector('#error').textContent.length > 0")
     message = page.inner_text("#error")
     assert message.startswith("image: ") and "exceeds the limit of 60" in message
+
+
+def test_a_large_photo_is_masked_at_its_own_resolution_and_comes_back_at_full_size(page, tmp_path):
+    """1600x1200 photo as the base: shown scaled to fit, masked at full resolution; the result
+    is 1600x1200, only the masked stroke changed, and its download is the full-size image."""
+    page, _ = page
+    rng = np.random.default_rng(2)
+    path = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 256, (1200, 1600, 3), dtype=np.uint8)).save(path)
+    page.set_input_files("#load-base", str(path))
+    page.wait_for_function("document.querySelector('#base').width === 1600")
+    assert page.evaluate("document.querySelector('#base').height") == 1200
+    box = page.locator("#stage").bounding_box()
+    assert round(box["width"]) == 512 and round(box["height"]) == 384  # scaled to fit
+    loaded = canvas_pixels(page, "base")[:, :, :3]
+    page.click("#mask-mode")
+    page.fill("#size", "1")
+    draw(page, [(0.4, 0.5), (0.5, 0.5)])
+    painted_mask = canvas_pixels(page, "mask")[:, :, 3] > 0
+    assert painted_mask.any() and painted_mask.mean() < 0.03
+    page.fill("#samples", "1")
+    page.click("summary")
+    page.fill("#steps", "3")
+    page.click("#submit")
+    (result,) = results(page)
+    assert result.shape == (1200, 1600, 3)
+    assert np.array_equal(result[~painted_mask], loaded[~painted_mask])
+    assert not np.array_equal(result[painted_mask], loaded[painted_mask])
+    size = page.locator(".job a[download]").first.evaluate(
+        "async a => { const b = await (await fetch(a.href)).blob();"
+        " const i = await createImageBitmap(b); return [i.width, i.height]; }")
+    assert size == [1600, 1200]

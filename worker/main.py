@@ -141,6 +141,7 @@ def build_engine(settings: Settings) -> Engine:
         model = load_model(name, device=device)
         warm_up(model)
         metrics.MODEL_LOAD_SECONDS.labels(name).set(time.perf_counter() - start)
+        metrics.start_at_zero(name)
         models[name] = model
         log.info("loaded %s: %s, %d px, on %s", name, model.sde.family.upper(), model.resolution,
                  device)

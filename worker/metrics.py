@@ -32,3 +32,12 @@ FIRST_STEP_SECONDS = Histogram("sdedit_worker_time_to_first_step_seconds",
 WAIT_BOUND_ADMISSIONS = Counter("sdedit_worker_wait_bound_admissions_total",
                                 "jobs let into a full batch after waiting SDEDIT_MAX_WAIT_S",
                                 ["model"])
+
+
+def start_at_zero(model: str) -> None:
+    """Create a served model's counters at zero, so rate() and increase() see the first events
+    (a series born non-zero loses its first increments)."""
+    for outcome in ("finished", "failed", "canceled"):
+        JOBS.labels(model, outcome)
+    FORWARDS.labels(model)
+    WAIT_BOUND_ADMISSIONS.labels(model)

@@ -7,7 +7,8 @@ started, finished, failed or canceled through RQ's own bookkeeping (execution, s
 registry, heartbeats, results), so `rq info` and rq-dashboard show the truth, and `rq suspend` /
 `rq resume` pause and resume taking jobs (running ones go on). A worker that is killed leaves its
 jobs in the started registry; RQ's registry cleanup (every worker's maintenance) then retries
-each once (Retry(max=1)) or fails it as abandoned.
+each once (Retry(max=1)) or fails it as abandoned. Every change of a job's state is reported to
+the queue client (edit_started / edit_ended: webhooks, batches) after RQ has recorded it.
 
 Words: `job` is an RQ job, `edit` the EditJob contract it carries; the engine's slots are its own.
 """
@@ -28,13 +29,14 @@ from redis.exceptions import RedisError
 from rq import Queue
 from rq.exceptions import DequeueTimeout, InvalidJobOperation, StopRequested
 from rq.executions import Execution
-from rq.job import Job
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.suspension import is_suspended
 from rq.worker import SimpleWorker
 
 from jobs.contract import EditJob, model_of_queue
-from jobs.queue import edit_of, oldest_wait, rq_queue
+from jobs.queue import JobQueue, edit_of, fetch, oldest_wait, rq_queue
 from worker import metrics
 
 IDLE_POLL_S = 5  # an idle worker wakes this often to publish that it is alive
@@ -43,6 +45,8 @@ HEAD_CHECK_S = 0.5  # a full worker looks at the age of its queues' oldest job t
 
 class Runner(Protocol):
     """The engine side of a BatchWorker (see worker.main.EditRunner), keyed by job id."""
+
+    queue: JobQueue  # the queue client the runner reads inputs and writes results with
 
     def room(self, model: str) -> bool: ...
 
@@ -194,10 +198,13 @@ class BatchWorker(SimpleWorker):
         with self.lock:
             self.running[job.id] = Running(job, queue, execution, time.monotonic())
             metrics.ACTIVE_JOBS.set(len(self.running))
+        edit = edit_of(job)
         try:
-            self.runner.admit(edit_of(job))
+            self.runner.admit(edit)
         except Exception as exc:  # bad inputs or an expired upload: this job fails, others go on
             self._finish([(job.id, exc)])
+            return
+        self.runner.queue.edit_started(edit)
 
     def _check_cancel_and_timeouts(self) -> None:
         now = time.monotonic()
@@ -222,17 +229,22 @@ class BatchWorker(SimpleWorker):
                 self.set_state("idle")
 
     def _record_outcome(self, run: Running, outcome: dict[str, Any] | BaseException) -> None:
-        model = edit_of(run.job).model
+        edit = edit_of(run.job)
+        model = edit.model
         metrics.JOB_SECONDS.labels(model).observe(time.monotonic() - run.started)
         if isinstance(outcome, BaseException):
             metrics.JOBS.labels(model, "failed").inc()
             metrics.FAILURES.labels(model, type(outcome).__name__).inc()
-            self.log.warning("Job %s failed: %s", run.job.id,
-                             "".join(traceback.format_exception_only(outcome)).strip())
+            reason = "".join(traceback.format_exception_only(outcome)).strip()
+            self.log.warning("Job %s failed: %s", run.job.id, reason)
             RQPrivate.finalize_failure(self, run, outcome)
+            # RQ retries it once (Retry(max=1)); only a failure it keeps ends the edit.
+            if run.job.get_status(refresh=True) == JobStatus.FAILED:
+                self.runner.queue.edit_ended(edit, "failed", reason.splitlines()[-1])
         else:
             metrics.JOBS.labels(model, "finished").inc()
             RQPrivate.finalize_success(self, run, outcome)
+            self.runner.queue.edit_ended(edit, "finished")
 
     def _cancel(self, run: Running) -> None:
         with self.connection.pipeline() as pipeline:
@@ -240,8 +252,24 @@ class BatchWorker(SimpleWorker):
             pipeline.execute()
         with contextlib.suppress(InvalidJobOperation):  # canceled twice: already done
             run.job.cancel()
-        metrics.JOBS.labels(edit_of(run.job).model, "canceled").inc()
+        edit = edit_of(run.job)
+        metrics.JOBS.labels(edit.model, "canceled").inc()
         self.log.info("Job %s canceled while running", run.job.id)
+        self.runner.queue.edit_ended(edit, "canceled")
+
+    def clean_registries(self) -> None:
+        """RQ's maintenance, which fails (or retries) the jobs of killed workers, then reports
+        the ones it failed: they end without passing through this worker's own code."""
+        # Jobs whose heartbeat expires within the next minute cover what RQ's cleanup finds.
+        horizon = time.time() + 60
+        expired = [job_id for queue in self.queues for job_id in
+                   StartedJobRegistry(queue=queue).get_expired_job_ids(horizon)]
+        super().clean_registries()
+        for job_id in expired:
+            job = fetch(self.connection, job_id)
+            if job is not None and job.get_status(refresh=False) == JobStatus.FAILED:
+                self.runner.queue.edit_ended(edit_of(job), "failed",
+                                             "the worker running it died (abandoned)")
 
     def _heartbeat_loop(self) -> None:
         while not self.stop_beats.wait(self.heartbeat_s):

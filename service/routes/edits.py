@@ -86,7 +86,8 @@ async def submit(request: Request, owner: Caller, queue: QueueDep, settings: Set
             return once.replay
         ensure_room(queue, settings, params.model, options.priority)
         edit = new_edit(params, owner, size, submission.mask is not None, **edit_fields(options))
-        body = {"id": edit.id, "status": "queued", "links": links(edit.id)}
+        body = Accepted.model_validate({"id": edit.id, "status": "queued",
+                                        "links": links(edit.id)}).model_dump(mode="json")
         queue.submit(edit, submission.guide, submission.mask, also=once.remember(202, body))
     metrics.accepted.labels(params.model).inc()
     return body

@@ -1,5 +1,6 @@
-// The SDEdit painter: draws a guide (and a mask) at the model's resolution and talks only to
-// the public API (/v1/models, /v1/edits). No build step: plain browser JavaScript.
+// The SDEdit painter: draws a guide (and a mask) at the model's resolution, or on a photo at
+// the photo's own resolution, and talks only to the public API (/v1/models, /v1/edits). No
+// build step: plain browser JavaScript.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -9,7 +10,11 @@ const mctx = mask.getContext("2d", { willReadFrequently: true });
 const pctx = patch.getContext("2d");
 const MASK_RGB = [255, 0, 0]; // shown as a translucent red overlay; sent as white-on-black
 
-let size = 32;
+// The canvases' size in pixels: the model's resolution, or a loaded photo's own size (a masked
+// edit of a photo comes back at that size: the service crops around the mask and stitches).
+let width = 32, height = 32;
+let resolution = 32; // the selected model's
+const MAX_PHOTO_SIDE = 2048; // larger photos are scaled down to this on load (upload limits)
 let tool = "brush";
 let maskMode = false;
 let history = [];
@@ -19,22 +24,32 @@ let patchState = null; // {image, x, y, scale}
 
 // ---------------------------------------------------------------- canvas state and history
 
-function resetCanvases(resolution) {
-  size = resolution;
+function isPhoto() {
+  return width !== resolution || height !== resolution;
+}
+
+function resetCanvases(w, h = w) {
+  width = w;
+  height = h;
   for (const canvas of [base, mask, patch]) {
-    canvas.width = size;
-    canvas.height = size;
+    canvas.width = width;
+    canvas.height = height;
   }
+  // Shown scaled to fit the stage's 512 px box, keeping the aspect ratio.
+  const scale = 512 / Math.max(width, height);
+  stage.style.width = `${Math.round(width * scale)}px`;
+  stage.style.height = `${Math.round(height * scale)}px`;
+  stage.classList.toggle("photo", isPhoto());
   bctx.fillStyle = "#ffffff";
-  bctx.fillRect(0, 0, size, size);
-  mctx.clearRect(0, 0, size, size);
+  bctx.fillRect(0, 0, width, height);
+  mctx.clearRect(0, 0, width, height);
   history = [];
   future = [];
   clearPatch();
 }
 
 function snapshot() {
-  return { base: bctx.getImageData(0, 0, size, size), mask: mctx.getImageData(0, 0, size, size) };
+  return { base: bctx.getImageData(0, 0, width, height), mask: mctx.getImageData(0, 0, width, height) };
 }
 
 function restore(state) {
@@ -61,7 +76,7 @@ function redo() {
 }
 
 function maskUsed() {
-  const data = mctx.getImageData(0, 0, size, size).data;
+  const data = mctx.getImageData(0, 0, width, height).data;
   for (let i = 3; i < data.length; i += 4) if (data[i] > 0) return true;
   return false;
 }
@@ -75,16 +90,27 @@ function hexToRgb(hex) {
 
 function stamp(x, y) {
   const ctx = maskMode ? mctx : bctx;
-  const diameter = Number($("size").value);
+  // The brush size is in model pixels: on a photo it covers as much of the picture.
+  const diameter = Number($("size").value) * Math.max(width, height) / resolution;
   const r = (diameter - 1) / 2;
   const erase = tool === "eraser";
   const rgb = maskMode ? MASK_RGB : erase ? [255, 255, 255] : hexToRgb($("colour").value);
   ctx.fillStyle = `rgb(${rgb.join(",")})`;
+  if (isPhoto()) {
+    // A photo's brush is hundreds of pixels wide: one filled circle, not pixel by pixel.
+    ctx.save();
+    if (maskMode && erase) ctx.globalCompositeOperation = "destination-out";
+    ctx.beginPath();
+    ctx.arc(x + 0.5, y + 0.5, diameter / 2, 0, 2 * Math.PI);
+    ctx.fill();
+    ctx.restore();
+    return;
+  }
   for (let dy = -Math.ceil(r); dy <= Math.ceil(r); dy++) {
     for (let dx = -Math.ceil(r); dx <= Math.ceil(r); dx++) {
       if (dx * dx + dy * dy > r * r + 0.5) continue;
       const px = Math.round(x + dx), py = Math.round(y + dy);
-      if (px < 0 || py < 0 || px >= size || py >= size) continue;
+      if (px < 0 || py < 0 || px >= width || py >= height) continue;
       if (maskMode && erase) ctx.clearRect(px, py, 1, 1);
       else ctx.fillRect(px, py, 1, 1);
     }
@@ -92,7 +118,9 @@ function stamp(x, y) {
 }
 
 function line(from, to) {
-  const steps = Math.max(Math.abs(to.x - from.x), Math.abs(to.y - from.y), 1);
+  // On a photo, stamps a few pixels apart draw the same stroke far faster.
+  const spacing = isPhoto() ? Math.max(1, Math.max(width, height) / 512) : 1;
+  const steps = Math.max(Math.ceil(Math.max(Math.abs(to.x - from.x), Math.abs(to.y - from.y)) / spacing), 1);
   for (let i = 0; i <= steps; i++) {
     stamp(from.x + ((to.x - from.x) * i) / steps, from.y + ((to.y - from.y) * i) / steps);
   }
@@ -100,9 +128,9 @@ function line(from, to) {
 
 function floodFill(x, y) {
   const ctx = maskMode ? mctx : bctx;
-  const image = ctx.getImageData(0, 0, size, size);
+  const image = ctx.getImageData(0, 0, width, height);
   const d = image.data;
-  const at = (px, py) => (py * size + px) * 4;
+  const at = (px, py) => (py * width + px) * 4;
   const start = at(x, y);
   const target = [d[start], d[start + 1], d[start + 2], d[start + 3]];
   const fill = maskMode ? [...MASK_RGB, 255] : [...hexToRgb($("colour").value), 255];
@@ -112,7 +140,7 @@ function floodFill(x, y) {
   const stack = [[x, y]];
   while (stack.length) {
     const [px, py] = stack.pop();
-    if (px < 0 || py < 0 || px >= size || py >= size) continue;
+    if (px < 0 || py < 0 || px >= width || py >= height) continue;
     const i = at(px, py);
     if (!same(i)) continue;
     d.set(fill, i);
@@ -124,8 +152,8 @@ function floodFill(x, y) {
 function canvasPoint(event) {
   const rect = stage.getBoundingClientRect();
   return {
-    x: Math.floor(((event.clientX - rect.left) / rect.width) * size),
-    y: Math.floor(((event.clientY - rect.top) / rect.height) * size),
+    x: Math.floor(((event.clientX - rect.left) / rect.width) * width),
+    y: Math.floor(((event.clientY - rect.top) / rect.height) * height),
   };
 }
 
@@ -189,16 +217,29 @@ function drawCover(ctx, image) {
   const side = Math.min(image.width, image.height);
   ctx.imageSmoothingEnabled = true;
   ctx.drawImage(image, (image.width - side) / 2, (image.height - side) / 2, side, side,
-    0, 0, size, size);
+    0, 0, width, height);
+}
+
+function useAsBase(image) {
+  // A picture larger than the model becomes a photo canvas at its own size (at most
+  // MAX_PHOTO_SIDE), painted and masked there; a small one is fitted to the model's canvas.
+  if (image.naturalWidth > resolution || image.naturalHeight > resolution) {
+    const scale = Math.min(1, MAX_PHOTO_SIDE / Math.max(image.naturalWidth, image.naturalHeight));
+    resetCanvases(Math.round(image.naturalWidth * scale), Math.round(image.naturalHeight * scale));
+    bctx.imageSmoothingEnabled = true;
+    bctx.drawImage(image, 0, 0, width, height);
+    return;
+  }
+  remember();
+  if (isPhoto()) resetCanvases(resolution);
+  bctx.fillStyle = "#ffffff";
+  bctx.fillRect(0, 0, width, height);
+  drawCover(bctx, image);
 }
 
 async function loadBase(file) {
   try {
-    const image = await readImage(file);
-    remember();
-    bctx.fillStyle = "#ffffff";
-    bctx.fillRect(0, 0, size, size);
-    drawCover(bctx, image);
+    useAsBase(await readImage(file));
   } catch (error) {
     showError(error.message);
   }
@@ -207,8 +248,8 @@ async function loadBase(file) {
 async function loadPatch(file) {
   try {
     const image = await readImage(file);
-    const scale = (size / 2) / Math.max(image.width, image.height);
-    patchState = { image, scale, x: Math.round(size / 4), y: Math.round(size / 4) };
+    const scale = (Math.min(width, height) / 2) / Math.max(image.width, image.height);
+    patchState = { image, scale, x: Math.round(width / 4), y: Math.round(height / 4) };
     $("patch-scale").value = 100;
     $("patch-scale").disabled = false;
     $("flatten").disabled = false;
@@ -224,7 +265,7 @@ function patchBox() {
 }
 
 function drawPatch() {
-  pctx.clearRect(0, 0, size, size);
+  pctx.clearRect(0, 0, width, height);
   if (!patchState) return;
   pctx.imageSmoothingEnabled = true;
   pctx.drawImage(patchState.image, ...patchBox());
@@ -232,7 +273,7 @@ function drawPatch() {
 
 function clearPatch() {
   patchState = null;
-  pctx.clearRect(0, 0, size, size);
+  pctx.clearRect(0, 0, width, height);
   $("patch-scale").disabled = true;
   $("flatten").disabled = true;
 }
@@ -284,10 +325,12 @@ $("redo").addEventListener("click", redo);
 $("clear").addEventListener("click", () => {
   remember();
   if (maskMode) {
-    mctx.clearRect(0, 0, size, size);
+    mctx.clearRect(0, 0, width, height);
+  } else if (isPhoto()) {
+    resetCanvases(resolution); // back to a blank canvas at the model's resolution
   } else {
     bctx.fillStyle = "#ffffff";
-    bctx.fillRect(0, 0, size, size);
+    bctx.fillRect(0, 0, width, height);
   }
 });
 
@@ -352,7 +395,10 @@ function applyModel() {
     showError("No worker serves this model yet; start one (sdedit worker) and reload.");
     return;
   }
-  if (m.resolution !== size) resetCanvases(m.resolution);
+  if (m.resolution !== resolution) {
+    resolution = m.resolution;
+    resetCanvases(resolution);
+  }
   const sampler = $("sampler");
   sampler.innerHTML = '<option value="">model default</option>';
   for (const name of m.samplers) {
@@ -372,10 +418,11 @@ function canvasBlob(canvas) {
 async function maskBlob() {
   // White where the user painted (may change), black elsewhere (kept exactly).
   const out = document.createElement("canvas");
-  out.width = out.height = size;
+  out.width = width;
+  out.height = height;
   const octx = out.getContext("2d");
-  const src = mctx.getImageData(0, 0, size, size);
-  const dst = octx.createImageData(size, size);
+  const src = mctx.getImageData(0, 0, width, height);
+  const dst = octx.createImageData(width, height);
   for (let i = 0; i < src.data.length; i += 4) {
     const v = src.data[i + 3] > 0 ? 255 : 0;
     dst.data.set([v, v, v, 255], i);
@@ -395,6 +442,8 @@ async function submit() {
   form.append("seed", $("seed").value || "0");
   if ($("sampler").value) form.append("sampler", $("sampler").value);
   if ($("steps").value) form.append("steps", $("steps").value);
+  // A photo's edit comes back at the photo's size, with or without a mask.
+  if (isPhoto()) form.append("output_size", "input");
   const response = await fetch("/v1/edits", { method: "POST", body: form, headers: headers() });
   if (!response.ok) {
     showError(await apiError(response));
@@ -463,9 +512,12 @@ async function showResults(card, job) {
     image.alt = `result ${k}`;
     image.title = "click: use as the new guide";
     image.addEventListener("click", () => {
-      remember();
-      bctx.imageSmoothingEnabled = false;
-      bctx.drawImage(image, 0, 0, size, size);
+      if (image.naturalWidth === width && image.naturalHeight === height) {
+        remember();
+        bctx.drawImage(image, 0, 0); // same size: pixel for pixel
+      } else {
+        useAsBase(image);
+      }
     });
     const download = document.createElement("a");
     download.href = url;
@@ -479,5 +531,5 @@ async function showResults(card, job) {
 // ---------------------------------------------------------------- start
 
 $("api-key").value = localStorage.getItem("sdedit-api-key") || "";
-resetCanvases(size);
+resetCanvases(resolution);
 loadModels().catch((error) => showError(`cannot load models: ${error.message}`));
