@@ -230,6 +230,7 @@ def test_cancel_a_queued_job(client, settings, runner):
 
 def test_models_and_readiness_follow_the_workers(client, settings, runner):
     assert client.get("/readyz").status_code == 503
+    assert client.get("/readyz/api").json() == {"status": "ready"}  # no worker needed
     assert client.get("/v1/models").json()["models"][0]["available"] is False
     runner.publish()
     assert client.get("/readyz").json() == {"status": "ready"}
@@ -371,7 +372,9 @@ def test_redis_down_is_503(settings, tmp_path):
     with TestClient(create_app(down)) as client:
         client.headers["Authorization"] = f"Bearer {KEY}"
         response = submit(client, down)
+        ready = client.get("/readyz/api")
     assert response.status_code == 503 and "Redis" in response.json()["error"]["message"]
+    assert ready.status_code == 503 and ready.headers["retry-after"]
 
 
 def test_openapi_documents_both_submission_forms_and_errors(client):

@@ -36,6 +36,14 @@ def readyz(queue: QueueDep, settings: SettingsDep) -> JSONResponse:
     return JSONResponse({"status": "ready"})
 
 
+@router.get("/readyz/api", tags=["health"])
+def readyz_api(queue: QueueDep) -> dict[str, str]:
+    """Ready to accept edits: Redis answers (workers may be scaled to zero, as KEDA does; the
+    first queued job wakes them). 503 while Redis is unreachable."""
+    queue.ping()
+    return {"status": "ready"}
+
+
 @router.get("/metrics", tags=["health"])
 def prometheus(queue: QueueDep, settings: SettingsDep, metrics: MetricsDep) -> Response:
     for name in settings.models:
