@@ -6,11 +6,11 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from cli import dispatcher, edit, serve, submit
+from cli import batch, dispatcher, edit, serve, submit
 
 # Each subcommand module has add_arguments(parser) and run(args) -> exit code.
-COMMANDS = {"edit": edit, "submit": submit, "up": serve, "api": serve, "worker": serve,
-            "dispatcher": dispatcher}
+COMMANDS = {"edit": edit, "submit": submit, "batch": batch, "up": serve, "api": serve,
+            "worker": serve, "dispatcher": dispatcher}
 
 
 HELP = {

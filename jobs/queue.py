@@ -11,6 +11,7 @@ whoever makes it happen, and becomes webhook messages (jobs.webhooks). Tested wi
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,8 +24,10 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
+from jobs.batches import ENDED_STATES, FINAL_STATUSES, BatchStore, BatchView
 from jobs.contract import (
     PRIORITIES,
+    BatchOptions,
     EditJob,
     cancel_key,
     edit_links,
@@ -40,7 +43,9 @@ from jobs.settings import Settings
 from jobs.webhooks import WebhookStore
 
 TASK = "worker.tasks.run_edit"
-TERMINAL = ("finished", "failed", "canceled")
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # what RQ accepts as a job id (ours are uuid4 hex)
+TERMINAL = ENDED_STATES  # finished, failed, canceled
+EXPIRY_RECHECK_S = 60  # an expired batch with requests still running is looked at again after
 WAITING_SCAN_LIMIT = 1000  # queued jobs whose samples are counted for the slots-waiting metric
 
 
@@ -50,6 +55,9 @@ def rq_queue(connection: Redis, model: str, priority: str = "interactive") -> Qu
 
 def fetch(connection: Redis, job_id: str) -> Job | None:
     """The RQ job of an edit, or None (unknown or expired)."""
+    # RQ refuses ids other than letters, digits, '_' and '-' (ValueError): no such job either.
+    if not JOB_ID.fullmatch(job_id):
+        return None
     try:
         return Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
     except NoSuchJobError:
@@ -111,6 +119,7 @@ class JobQueue:
         # One Queue object per queue: RQ caches the server version on it (a round trip saved).
         self._queues: dict[tuple[str, str], Queue] = {}
         self.webhooks = WebhookStore(connection, settings)
+        self.batches = BatchStore(connection, settings, self.webhooks)
         # Running edits that asked for edit.progress events, with the time of the last one.
         self._progress_events: dict[str, tuple[EditJob, float]] = {}
 
@@ -144,6 +153,72 @@ class JobQueue:
             result_ttl=self.settings.result_ttl_s, failure_ttl=self.settings.result_ttl_s,
             job_timeout=self.settings.job_timeout_s, retry=Retry(max=1), pipeline=pipeline,
             description=f"sdedit {edit.model} t0={edit.t0} samples={edit.samples}")
+
+    def submit_batch(self, batch_id: str, owner: str, options: BatchOptions,
+                     items: list[tuple[EditJob, bytes, bytes | None]],
+                     also: Callable[[Pipeline], None] | None = None) -> None:
+        """A batch's record and all its jobs (with their inputs) in one transaction."""
+        with self.connection.pipeline() as pipeline:
+            pipeline.multi()
+            for edit, guide, mask in items:
+                self.enqueue(pipeline, edit, guide, mask)
+            self.batches.create(pipeline, batch_id, owner, options,
+                                [(edit.custom_id, edit.id) for edit, _, _ in items])
+            if also is not None:
+                also(pipeline)
+            pipeline.execute()
+
+    def find_batch(self, batch_id: str, owner: str) -> BatchView | None:
+        """A batch of this owner with its requests' states; None also for another owner's."""
+        view = self.batches.view(batch_id)
+        return view if view is not None and view.owner == owner else None
+
+    def cancel_batch(self, view: BatchView) -> None:
+        """Cancel every request that has not ended (queued ones at once, running ones within a
+        step); the batch ends `canceled` when the last one has."""
+        self.batches.flag(view.id, "cancel_requested_at")
+        self._cancel_requests(view)
+
+    def expire_batches(self) -> int:
+        """Expire the batches past their window: cancel what is left. Returns how many."""
+        overdue = self.batches.overdue()
+        for batch_id in overdue:
+            view = self.batches.view(batch_id)
+            if view is None:
+                self.batches.look_again(batch_id, self.batches.ttl_s)  # its records are gone
+                continue
+            if view.status not in FINAL_STATUSES:
+                self.batches.flag(batch_id, "expired_at")
+                self._cancel_requests(view)
+            if self.batches.finish_if_ended(batch_id) is None:
+                self.batches.look_again(batch_id, EXPIRY_RECHECK_S)
+        return len(overdue)
+
+    def _cancel_requests(self, view: BatchView) -> None:
+        for request in view.requests:
+            if request.state not in ENDED_STATES:
+                job = fetch(self.connection, request.job_id)
+                if job is not None and state_of(job) not in TERMINAL:
+                    self.cancel(job)
+        self.batches.finish_if_ended(view.id)
+
+    def batch_results(self, view: BatchView) -> list[dict]:
+        """One line per ended request, in request order: its edit, status, images or error."""
+        ended = [r for r in view.requests if r.state in ENDED_STATES]
+        jobs = Job.fetch_many([r.job_id for r in ended], connection=self.connection,
+                              serializer=JSONSerializer)
+        lines = []
+        for request, job in zip(ended, jobs, strict=True):
+            line: dict = {"custom_id": request.custom_id, "id": request.job_id,
+                          "status": request.state, "images": [], "error": None}
+            if job is None:
+                line["error"] = "the job's record has expired"
+            elif request.state == "finished":
+                line["images"] = edit_links(job.id, edit_of(job).samples)["images"]
+            elif request.state == "failed":
+                line["error"] = failure_reason(job)
+            lines.append(line)
+        return lines
 
     def depth(self, model: str, priority: str | None = None) -> int:
         """Queued jobs of a model: of one priority, or of all."""
@@ -250,6 +325,8 @@ class JobQueue:
         """The edit reached a terminal state (finished, failed, canceled), as recorded in RQ."""
         self._progress_events.pop(edit.id, None)
         self._notify(edit, f"edit.{state}", state, status=state, error=error)
+        if edit.batch_id is not None:
+            self.batches.request_ended(edit.batch_id, edit.id)
 
     def _notify(self, edit: EditJob, event: str, suffix: str, status: str,
                 **extra: object) -> None:

@@ -25,6 +25,12 @@ OUTPUT_FORMATS: tuple[str, ...] = ("png", "webp")
 DEFAULT_MODEL = "emoji"
 MAX_STEPS = 2000
 MAX_REPEATS = 10
+MAX_PROMPT_CHARS = 2000  # far beyond what a text encoder reads (CLIP: 77 tokens)
+MAX_GUIDANCE_SCALE = 50.0
+# Text-guided models: what a slot uses when the edit leaves a text field out (diffusers' own
+# defaults: no prompt, no negative prompt, classifier-free guidance at 7.5).
+TEXT_DEFAULTS: dict[str, object] = {"prompt": "", "negative_prompt": "", "guidance_scale": 7.5}
+TEXT_FIELDS: tuple[str, ...] = tuple(TEXT_DEFAULTS)
 
 
 class RuleViolation(ValueError):
@@ -52,6 +58,18 @@ class SamplingParameters(BaseModel):
     eta: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="DDIM noise")
     repeats: int = Field(1, ge=1, le=MAX_REPEATS,
                          description="K sequential SDEdit passes (the official code uses 3)")
+    # Text-guided models only (ModelSpec.text); None = the model's default, and for any other
+    # model None is the only accepted value.
+    prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS,
+                               description="text-guided models: what the edit should show")
+    negative_prompt: str | None = Field(
+        None, max_length=MAX_PROMPT_CHARS,
+        description="text-guided models: what it should not show (the unconditional half of "
+                    "classifier-free guidance; default empty)")
+    guidance_scale: float | None = Field(
+        None, ge=1.0, le=MAX_GUIDANCE_SCALE, allow_inf_nan=False,
+        description="text-guided models: classifier-free guidance weight w, eps = eps(neg) + "
+                    "w (eps(prompt) - eps(neg)); 1 = no guidance (default 7.5)")
 
 
 class EditParameters(SamplingParameters):
@@ -127,8 +145,22 @@ def resolve_sampler(params: SamplingParameters, family: str) -> str:
     return params.sampler or DEFAULT_SAMPLER[family]
 
 
-def check(params: SamplingParameters, family: str, levels: int) -> None:
-    """Raise RuleViolation for parameters that a model of this family and size cannot run."""
+def resolve_text(params: SamplingParameters) -> tuple[str, str, float]:
+    """(prompt, negative prompt, guidance scale) a slot of a text-guided model runs with."""
+    values = {name: getattr(params, name) for name in TEXT_FIELDS}
+    prompt, negative, scale = ((TEXT_DEFAULTS[k] if v is None else v) for k, v in values.items())
+    return str(prompt), str(negative), float(scale)
+
+
+def check(params: SamplingParameters, family: str, levels: int, text: bool = False) -> None:
+    """Raise RuleViolation for parameters that a model of this family and size cannot run;
+    text: whether the model takes a prompt."""
+    if not text:
+        sent = [name for name in TEXT_FIELDS if getattr(params, name) is not None]
+        if sent:
+            raise RuleViolation(sent[0], "this model takes no text; prompt, negative_prompt and "
+                                         "guidance_scale apply to text-guided models only (see "
+                                         "GET /v1/models, field 'text')")
     if params.sampler is not None and params.sampler not in SAMPLERS[family]:
         raise RuleViolation("sampler", f"{params.sampler!r} does not apply to a {family.upper()} "
                                        f"model; choose one of {', '.join(SAMPLERS[family])}")
@@ -154,6 +186,8 @@ class ModelSpec(BaseModel):
     resolution: int
     channels: int
     max_batch: int
+    text: bool = Field(False, description="takes a prompt (prompt, negative_prompt, "
+                                          "guidance_scale): a text-guided latent model")
 
     @property
     def samplers(self) -> tuple[str, ...]:
@@ -161,7 +195,9 @@ class ModelSpec(BaseModel):
 
     def public(self, available: bool) -> dict:
         """The /v1/models entry: the spec plus its samplers and defaults."""
-        defaults = SamplingParameters().model_dump()
+        defaults = SamplingParameters().model_dump(exclude=set(TEXT_FIELDS))
         defaults["sampler"] = DEFAULT_SAMPLER[self.family]
+        if self.text:
+            defaults.update(TEXT_DEFAULTS)
         return {**self.model_dump(), "available": available, "samplers": list(self.samplers),
                 "default_sampler": DEFAULT_SAMPLER[self.family], "defaults": defaults}

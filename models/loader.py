@@ -1,9 +1,10 @@
-"""Load score models: diffusers UNet2DModel folders or hub ids, and the bundled default.
+"""Load score models: diffusers UNet2DModel folders or hub ids, the bundled default, and
+Stable Diffusion pipeline folders (text-guided latent models, models/stable_diffusion.py).
 
 The SDE family and its parameters come from the checkpoint's scheduler_config.json:
-DDPM-style schedulers (DDPMScheduler, DDIMScheduler, PNDMScheduler) mean a VP model, and
-ScoreSdeVeScheduler means a VE model. `clip_sample` is ignored on purpose: the paper's sampler
-does not clip (pitfall 6).
+DDPM-style discrete schedulers (DDPMScheduler, DDIMScheduler, PNDMScheduler and the other
+samplers of the same trained schedule) mean a VP model, and ScoreSdeVeScheduler means a VE
+model. `clip_sample` is ignored on purpose: the paper's sampler does not clip (pitfall 6).
 """
 
 from __future__ import annotations
@@ -15,15 +16,31 @@ import torch
 
 from models.network import PREDICTION_TYPES, ScoreModel, diffusers_network
 from models.sde import SDE, VESDE, VPSDE
+from models.stable_diffusion import LatentModel, is_stable_diffusion_folder, load_stable_diffusion
 
 BUNDLED_DIR = Path(__file__).parent / "weights"
+# Any of these describes the discrete VP schedule the network was trained with (Stable
+# Diffusion folders ship several of them); which sampler the config names does not matter.
 VP_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "DDPMParallelScheduler",
-                 "DDIMParallelScheduler")
+                 "DDIMParallelScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
+                 "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler",
+                 "UniPCMultistepScheduler", "HeunDiscreteScheduler")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 VE_SCHEDULERS = ("ScoreSdeVeScheduler",)
 
 
 class ModelLoadError(ValueError):
     """A checkpoint that cannot be used, with a message that says why."""
+
+
+def network_dtype(name: str, device: str | torch.device) -> torch.dtype:
+    """The dtype networks run in: `auto` is float16 on CUDA and float32 elsewhere (CPUs gain
+    little from half precision); the schedule maths stays float32/64 whatever this is."""
+    if name == "auto":
+        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {name!r}; expected auto or one of {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
 def bundled_models() -> dict[str, Path]:
@@ -93,7 +110,7 @@ def resolve(name_or_path: str) -> Path:
             from huggingface_hub import snapshot_download
 
             return Path(snapshot_download(name_or_path, allow_patterns=[
-                "*.json", "*.safetensors", "unet/*", "scheduler/*"]))
+                "*.json", "*.safetensors", "unet/*", "scheduler/*", "tokenizer/*"]))
         except Exception as exc:  # the hub client raises many types; all mean "not available"
             raise ModelLoadError(f"cannot download {name_or_path!r} from the model hub: "
                                  f"{type(exc).__name__}: {exc}") from exc
@@ -103,11 +120,13 @@ def resolve(name_or_path: str) -> Path:
 
 
 def load_model(name_or_path: str, device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32) -> ScoreModel:
-    """Load a UNet2DModel checkpoint with its SDE, ready for `predict` in eval mode."""
+               dtype: torch.dtype = torch.float32) -> ScoreModel | LatentModel:
+    """Load a UNet2DModel checkpoint with its SDE, or a Stable Diffusion folder, in eval mode."""
     from diffusers import UNet2DModel
 
     folder = resolve(name_or_path)
+    if is_stable_diffusion_folder(folder):
+        return _load_latent(folder, str(name_or_path), torch.device(device), dtype)
     unet_dir, sched_path = _find_parts(folder)
     sde, prediction_type = sde_from_scheduler_config(_read_json(sched_path))
     unet_config = _read_json(unet_dir / "config.json")
@@ -138,3 +157,15 @@ def load_model(name_or_path: str, device: str | torch.device = "cpu",
         device=device,
         name=str(name_or_path),
     )
+
+
+def _load_latent(folder: Path, name: str, device: torch.device, dtype: torch.dtype) -> LatentModel:
+    sde, prediction_type = sde_from_scheduler_config(
+        _read_json(folder / "scheduler" / "scheduler_config.json"))
+    if not isinstance(sde, VPSDE):
+        raise ModelLoadError(f"{folder}: a Stable Diffusion folder needs a VP (DDPM-style) "
+                             "scheduler config")
+    try:
+        return load_stable_diffusion(folder, sde, prediction_type, device, dtype, name)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot load the Stable Diffusion folder {folder}: {exc}") from exc

@@ -18,7 +18,7 @@ from jobs.queue import JobQueue
 from jobs.settings import Settings, get_settings
 from service.errors import install_handlers
 from service.metrics import ApiMetrics
-from service.routes import edits, system, webhooks
+from service.routes import batches, edits, system, webhooks
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return response
 
     app.include_router(edits.router)
+    app.include_router(batches.router)
     app.include_router(webhooks.router)
     app.include_router(system.router)
     # The web painter: static files, mounted last so the API routes take precedence.

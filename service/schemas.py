@@ -53,6 +53,54 @@ class EditStatus(BaseModel):
     links: Links
 
 
+class RequestCounts(BaseModel):
+    total: int
+    finished: int
+    failed: int
+    canceled: int
+
+
+class BatchLinks(BaseModel):
+    self: str = Field(examples=["/v1/batches/batch_7e1d"])
+    results: str = Field(examples=["/v1/batches/batch_7e1d/results"])
+
+
+class BatchRequest(BaseModel):
+    custom_id: str
+    id: str = Field(description="the request's edit job (GET /v1/edits/{id})")
+
+
+class BatchAccepted(BaseModel):
+    id: str
+    status: Literal["queued"]
+    priority: Literal["interactive", "batch"]
+    request_counts: RequestCounts
+    requests: list[BatchRequest]
+    links: BatchLinks
+
+
+class BatchStatus(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {
+        "id": "batch_7e1d", "status": "in_progress", "priority": "batch",
+        "request_counts": {"total": 500, "finished": 120, "failed": 1, "canceled": 0},
+        "created_at": "2026-11-26T12:00:00+00:00", "in_progress_at": "2026-11-26T12:00:02+00:00",
+        "expires_at": "2026-11-27T12:00:00+00:00", "cancel_requested_at": None,
+        "expired_at": None, "ended_at": None,
+        "links": {"self": "/v1/batches/batch_7e1d", "results": "/v1/batches/batch_7e1d/results"}}})
+
+    id: str
+    status: Literal["queued", "in_progress", "completed", "canceling", "canceled", "expired"]
+    priority: Literal["interactive", "batch"]
+    request_counts: RequestCounts
+    created_at: str
+    in_progress_at: str | None = Field(description="when its first request started")
+    expires_at: str = Field(description="requests not ended by then are canceled (expired)")
+    cancel_requested_at: str | None
+    expired_at: str | None
+    ended_at: str | None = Field(description="when its last request ended")
+    links: BatchLinks
+
+
 class WebhookSecret(BaseModel):
     model_config = ConfigDict(json_schema_extra={"example": {
         "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "previous_valid_until": None}})

@@ -65,22 +65,28 @@ async def read_submission(request: Request, settings: Settings) -> Submission:
             raise ApiError(422, "body: not valid JSON") from None
         if not isinstance(body, dict):
             raise ApiError(422, "body: the JSON body must be an object")
-        images = {}
-        for name in ("image", "mask"):
-            value = body.pop(name, None)
-            if value is None:
-                continue
-            if not isinstance(value, str):
-                raise ApiError(422, f"{name}: must be a base64 string")
-            try:
-                images[name] = base64.b64decode(value, validate=True)
-            except (binascii.Error, ValueError):
-                raise ApiError(422, f"{name}: not valid base64") from None
-        if "image" not in images:
-            raise ApiError(422, "image: missing field (base64 image)")
-        return Submission(body, images["image"], images.get("mask"))
+        return json_submission(body)
     raise ApiError(415, "send multipart/form-data (file fields image, mask) or application/json "
                         "(base64 fields image, mask)")
+
+
+def json_submission(body: dict) -> Submission:
+    """A JSON object's fields with its base64 `image` and `mask` decoded (also a batch line)."""
+    body = dict(body)
+    images = {}
+    for name in ("image", "mask"):
+        value = body.pop(name, None)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise ApiError(422, f"{name}: must be a base64 string")
+        try:
+            images[name] = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(422, f"{name}: not valid base64") from None
+    if "image" not in images:
+        raise ApiError(422, "image: missing field (base64 image)")
+    return Submission(body, images["image"], images.get("mask"))
 
 
 def parse_parameters(fields: dict, has_mask: bool, settings: Settings,

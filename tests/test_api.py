@@ -385,3 +385,13 @@ def test_openapi_documents_both_submission_forms_and_errors(client):
     assert "example" in content["application/json"]
     assert {"202", "413", "415", "422", "429", "503"} <= set(submit_op["responses"])
     assert "example" in spec["components"]["schemas"]["EditStatus"]
+
+
+@pytest.mark.parametrize("job_id", ["%C3%88%C3%A9%22%C3%9AG%C3%96", "%F0%B2%93%81", "a%00b",
+                                    "%0A", "x" * 300])
+@pytest.mark.parametrize("method,suffix", [("GET", ""), ("GET", "/images/0"), ("DELETE", "")])
+def test_ids_that_rq_refuses_are_unknown_jobs_not_500s(client, job_id, method, suffix):
+    """Found by schemathesis: RQ raises ValueError for ids outside [A-Za-z0-9_-]."""
+    response = client.request(method, f"/v1/edits/{job_id}{suffix}")
+    assert response.status_code == 404, response.text
+    assert response.json()["error"]["status"] == 404

@@ -1,4 +1,5 @@
-"""`sdedit dispatcher`: delivers webhook messages from Redis, signed, with retries.
+"""`sdedit dispatcher`: delivers webhook messages from Redis, signed, with retries; expires
+batches past their window.
 
 Each round claims the messages that are due (jobs.webhooks: a claim is a lease, so several
 dispatchers can run and one that dies mid-attempt leaves its messages to be retried), sends them
@@ -95,7 +96,9 @@ class Dispatcher:
         self.stopping.set()
 
     def run_once(self) -> int:
-        """One round: due messages are sent (concurrently); returns how many."""
+        """One round: overdue batches expire, due messages are sent (concurrently); returns how
+        many messages were sent."""
+        self.queue.expire_batches()
         ids = self.store.claim_due(self.settings.dispatcher_concurrency,
                                    self.settings.webhook_timeout_s + LEASE_MARGIN_S)
         list(self.pool.map(self.deliver, ids))

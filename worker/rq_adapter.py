@@ -35,7 +35,7 @@ from rq.serializers import JSONSerializer
 from rq.suspension import is_suspended
 from rq.worker import SimpleWorker
 
-from jobs.contract import EditJob, model_of_queue
+from jobs.contract import PRIORITIES, EditJob, model_of_queue
 from jobs.queue import JobQueue, edit_of, fetch, oldest_wait, rq_queue
 from worker import metrics
 
@@ -77,7 +77,9 @@ class BatchWorker(SimpleWorker):
     def __init__(self, models: list[str], runner: Runner, connection: Redis,
                  heartbeat_s: float = 10.0, maintenance_interval: int = 60,
                  max_wait_s: float = float("inf"), **kwargs: Any) -> None:
-        super().__init__([rq_queue(connection, m) for m in models], connection=connection,
+        # Interactive queues first: RQ's blocking dequeue and _admit serve queues in this order.
+        queues = [rq_queue(connection, m, p) for p in PRIORITIES for m in models]
+        super().__init__(queues, connection=connection,
                          serializer=JSONSerializer, maintenance_interval=maintenance_interval,
                          **kwargs)
         self.runner = runner

@@ -44,7 +44,9 @@ def readyz_api(queue: QueueDep) -> dict[str, str]:
     return {"status": "ready"}
 
 
-@router.get("/metrics", tags=["health"])
+@router.get("/metrics", tags=["health"], response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}},
+                             "description": "Prometheus text exposition"}})
 def prometheus(queue: QueueDep, settings: SettingsDep, metrics: MetricsDep) -> Response:
     for name in settings.models:
         metrics.queue_depth.labels(name).set(queue.depth(name))
