@@ -51,12 +51,19 @@ def parameter_arguments(parser: argparse.ArgumentParser, defaults: bool = True) 
     parser.add_argument("--feather", type=int, default=default("feather"),
                         help="crop-and-stitch: blend over this many pixels inside the mask edge "
                              "(default 4)")
+    parser.add_argument("--prompt",
+                        help="text-guided models (Stable Diffusion): what the edit should show")
+    parser.add_argument("--negative-prompt", dest="negative_prompt",
+                        help="text-guided models: what it should not show (default empty)")
+    parser.add_argument("--guidance-scale", dest="guidance_scale", type=float,
+                        help="text-guided models: classifier-free guidance weight, 1 = none "
+                             "(default 7.5)")
 
 
 def parameters(args: argparse.Namespace, **extra: object) -> EditParameters:
     """The parsed options as EditParameters; ValueError with 'field: message' if out of range."""
     names = ("t0", "steps", "sampler", "eta", "repeats", "samples", "seed", "region",
-             "output_size", "padding", "feather")
+             "output_size", "padding", "feather", "prompt", "negative_prompt", "guidance_scale")
     values = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     values.update({k: v for k, v in extra.items() if v is not None})
     return parse(EditParameters, **values)
@@ -68,11 +75,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mask image: white (>= 128) may change, black is kept exactly")
     parameter_arguments(parser)
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="bundled model name, diffusers UNet2DModel folder or hub id "
-                             f"(default {DEFAULT_MODEL})")
+                        help="bundled model name, diffusers UNet2DModel folder, Stable "
+                             f"Diffusion folder or hub id (default {DEFAULT_MODEL})")
     parser.add_argument("--resize", choices=["crop", "pad", "stretch"], default="crop",
                         help="how a guide of another size is fitted to the model (default crop)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default auto)")
+    parser.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"],
+                        default="auto", help="network precision (default auto: float16 on CUDA, "
+                                             "float32 on the CPU)")
     parser.add_argument("-o", "--out", type=Path, required=True, help="output folder")
 
 
@@ -88,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
     from jobs.rules import RuleViolation, check, check_mask
     from models.imageio import ImageInputError, open_image
-    from models.loader import ModelLoadError, load_model
+    from models.loader import ModelLoadError, load_model, network_dtype
     from models.regions import plan_edit
     from models.sdedit import sdedit
 
@@ -112,11 +122,11 @@ def run(args: argparse.Namespace) -> int:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        model = load_model(args.model, device=device)
+        model = load_model(args.model, device=device, dtype=network_dtype(args.dtype, device))
     except ModelLoadError as exc:
         return fail(str(exc))
     try:
-        check(params, model.sde.family, model.sde.num_levels)
+        check(params, model.sde.family, model.sde.num_levels, text=model.text)
     except RuleViolation as exc:
         return fail(str(exc))
     try:

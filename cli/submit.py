@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     params = {k: getattr(args, k) for k in ("t0", "steps", "sampler", "eta", "repeats", "samples",
                                             "seed", "model", "output_format", "region",
-                                            "output_size", "padding", "feather")}
+                                            "output_size", "padding", "feather", "prompt",
+                                            "negative_prompt", "guidance_scale")}
     try:
         with SDEditClient(args.url, args.api_key) as client:
             job_id = client.submit(args.guide, args.mask, **params)

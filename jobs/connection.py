@@ -5,9 +5,14 @@ from __future__ import annotations
 import contextlib
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobs.settings import Settings
+
+# What a Redis outage (down, restarting, still loading its AOF) raises: wait and retry on these.
+OUTAGE = (RedisConnectionError, RedisTimeoutError)
 
 
 def connect(settings: Settings) -> Redis:

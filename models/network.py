@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 
 from jobs.rules import SamplingParameters
-from models.sde import SDE, VESDE
+from models.sde import CLEAN, SDE, VESDE
 
 # The network's raw call: (x in model space, time input of shape (B,)) -> raw output.
 NetworkFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -53,6 +53,9 @@ class ScoreModel:
     name: str = "model"
 
     text: ClassVar[bool] = False  # takes no prompt
+    # The paper's sampler: every pass visits levels down to 0, then steps to clean data.
+    lowest_level: ClassVar[int] = 0
+    final_level: ClassVar[int] = CLEAN
 
     def __post_init__(self) -> None:
         if self.prediction_type not in PREDICTION_TYPES:

@@ -20,21 +20,44 @@ from jobs.rules import start_level
 CLEAN = -1  # the level index of noise-free data
 
 
-def level_sequence(start: int, steps: int) -> list[int]:
-    """Descending levels from `start` to 0 in at most `steps` reverse steps.
+def level_sequence(start: int, steps: int, lowest: int = 0) -> list[int]:
+    """Descending levels from `start` to `lowest` (0, or 1 for Stable Diffusion models) in at
+    most `steps` reverse steps.
 
-    With steps >= start + 1 every level is visited (the paper's sampler). Fewer steps take an
-    evenly spaced sub-sequence that still starts exactly at `start`, so t0 is honoured exactly
-    (diffusers' img2img "strength" rounding loses this; diffusers issue 7651).
+    With steps >= start - lowest + 1 every level is visited (the paper's sampler). Fewer steps
+    take an evenly spaced sub-sequence that still starts exactly at `start`, so t0 is honoured
+    exactly (diffusers' img2img "strength" rounding loses this; diffusers issue 7651).
     """
     if start < 0:
         raise ValueError(f"start level must be >= 0, got {start}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    if steps >= start + 1:
-        return list(range(start, -1, -1))
-    grid = np.round(np.linspace(start, 0, steps)).astype(int)
+    lowest = min(lowest, start)
+    if steps >= start - lowest + 1:
+        return list(range(start, lowest - 1, -1))
+    grid = np.round(np.linspace(start, lowest, steps)).astype(int)
     return sorted({int(v) for v in grid}, reverse=True)
+
+
+def strength_to_t0(strength: float, num_inference_steps: int, num_levels: int = 1000,
+                   steps_offset: int = 1) -> tuple[float, int]:
+    """Our (t0, steps) for diffusers' img2img (strength, num_inference_steps).
+
+    With r = N // M and k = min(int(M * strength), M), diffusers' img2img pipeline (timestep
+    spacing "leading"; its Stable Diffusion pipelines force steps_offset = 1) visits the levels
+    (k-1) r + o, ..., r + o, o and then its final level. That is our sequence for a model whose
+    lowest level is o (Stable Diffusion models: 1) with steps = k and
+    t0 = ((k-1) r + o + 1) / N (start level n0 - 1 = (k-1) r + o). t0 != strength: diffusers
+    rounds the start down to its grid of M steps.
+    """
+    if not 0.0 < strength <= 1.0 or num_inference_steps < 1:
+        raise ValueError(f"need strength in (0, 1] and num_inference_steps >= 1, got "
+                         f"{strength!r} and {num_inference_steps!r}")
+    stride = num_levels // num_inference_steps
+    k = min(int(num_inference_steps * strength), num_inference_steps)
+    if k < 1:
+        raise ValueError(f"strength {strength} of {num_inference_steps} steps runs no step")
+    return ((k - 1) * stride + steps_offset + 1) / num_levels, k
 
 
 def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -14,9 +14,13 @@ AutoencoderKL, `text_encoder/` CLIPTextModel, `tokenizer/`, `scheduler/`) become
 - `space_mask`: a latent pixel may change if any of the image pixels it covers may (max pooling).
 
 The noise schedule is the scheduler config's VP schedule (any discrete DDPM-style scheduler, eps
-or v prediction), so the SDEdit maths is exactly that of pixel VP models. Prompt embeddings are
-cached per prompt (batch jobs repeat prompts), and the last guides' posterior moments are kept
-so the samples of one guide encode it once.
+or v prediction), so the SDEdit maths is exactly that of pixel VP models, on the level grid
+Stable Diffusion is sampled on: diffusers' SD pipelines (like the original CompVis sampler) visit
+levels down to 1, never 0 (they force steps_offset = 1), and then step to clean data when the
+scheduler config says `set_alpha_to_one`, or else to level 0 (abar_0 ~ 0.999, the CompVis
+convention: SD 1.x and 2.x configs say false). Prompt embeddings are cached per prompt (batch
+jobs repeat prompts), and the last guides' posterior moments are kept so the samples of one
+guide encode it once.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import torch.nn.functional as F
 
 from jobs.rules import SamplingParameters, resolve_text
 from models.network import PREDICTION_TYPES, to_eps
-from models.sde import VPSDE
+from models.sde import CLEAN, VPSDE
 
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 EMBEDDING_CACHE = 256  # prompts; an SD 1.x embedding is 77 x 768 values
@@ -68,6 +72,8 @@ class LatentModel:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     name: str = "model"
     channels: int = 3  # of the images it edits
+    final_level: int = 0  # CLEAN when the scheduler config says set_alpha_to_one
+    lowest_level: ClassVar[int] = 1
     _embeddings: OrderedDict[tuple[str, str], torch.Tensor] = field(default_factory=OrderedDict,
                                                                     repr=False)
     _moments: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list,
@@ -182,6 +188,7 @@ def load_stable_diffusion(folder: Path, sde: VPSDE, prediction_type: str,
                           device: torch.device, dtype: torch.dtype, name: str) -> LatentModel:
     """The parts of a Stable Diffusion folder, in eval mode on `device` in `dtype`; the caller
     read the schedule from its scheduler config. ValueError when a part is not SD 1.x / 2.x."""
+    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel
 
@@ -209,4 +216,5 @@ def load_stable_diffusion(folder: Path, sde: VPSDE, prediction_type: str,
     unet.to(memory_format=memory_format)
     return LatentModel(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                        sde=sde, prediction_type=prediction_type, dtype=dtype, device=device,
-                       name=name)
+                       name=name,
+                       final_level=CLEAN if scheduler.get("set_alpha_to_one", True) else 0)

@@ -16,6 +16,9 @@ class ApiMetrics:
                                  registry=self.registry)
         self.accepted = Counter("sdedit_api_jobs_accepted_total", "jobs enqueued", ["model"],
                                 registry=self.registry)
+        self.queue_depth_by_priority = Gauge("sdedit_queue_depth_by_priority",
+                                             "jobs waiting per model and priority",
+                                             ["model", "priority"], registry=self.registry)
         # Every model's series exist from the start at zero, so rate() and increase() see the
         # first jobs (a series born non-zero loses its first increments).
         for model in models:

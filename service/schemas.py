@@ -45,7 +45,12 @@ class EditStatus(BaseModel):
     model: str
     parameters: EditParameters
     progress: Progress
-    position: int | None = Field(description="0 = next to run; null unless queued")
+    position: int | None = Field(description="0 = next to run among the queued jobs of its "
+                                             "priority; null unless queued")
+    priority: Literal["interactive", "batch"] = Field(
+        "interactive", description="interactive jobs go ahead of batch jobs")
+    batch_id: str | None = Field(None, description="the batch it belongs to, if any")
+    custom_id: str | None = Field(None, description="its request's custom_id in the batch")
     created_at: str
     started_at: str | None
     ended_at: str | None

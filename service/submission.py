@@ -114,7 +114,7 @@ def parse_parameters(fields: dict, has_mask: bool, settings: Settings,
     # A model no worker has published yet cannot be checked here; its worker checks on admission.
     if spec is not None:
         try:
-            check(params, spec.family, spec.levels)
+            check(params, spec.family, spec.levels, text=spec.text)
         except RuleViolation as exc:
             raise ApiError(422, str(exc)) from None
         if params.samples > spec.max_batch:

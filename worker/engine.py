@@ -9,14 +9,13 @@ edits leave at once. Nothing here knows about Redis or RQ.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass, field
 
 import torch
 
 from jobs.rules import SamplingParameters, check
-from models.network import ScoreModel
-from models.sdedit import Slot, SlotBatch, check_inputs
+from models.sdedit import Model, Slot, SlotBatch, check_inputs
 
 
 @dataclass
@@ -46,7 +45,7 @@ class RunningEdit:
 class Engine:
     """Loaded models and their running slots; at most `max_batch` slots per forward."""
 
-    def __init__(self, models: dict[str, ScoreModel], max_batch: int = 16) -> None:
+    def __init__(self, models: dict[str, Model], max_batch: int = 16) -> None:
         self.models = models
         self.max_batch = max_batch
         self.batches = {name: SlotBatch(model) for name, model in models.items()}
@@ -78,7 +77,7 @@ class Engine:
         batch = self.batches[model]
         sde = batch.model.sde
         # Checked before any slot joins, so an edit joins whole or not at all.
-        check(params, sde.family, sde.num_levels)
+        check(params, sde.family, sde.num_levels, text=batch.model.text)
         for b, guide in enumerate(guides):
             check_inputs(batch.model, guide, None if masks is None else masks[b])
         slots = [batch.add(Slot(guide=guide, mask=None if masks is None else masks[b],
@@ -96,11 +95,11 @@ class Engine:
         self.batches[edit.model].remove({s.key for s in edit.slots})
         return True
 
-    def _step_within_memory(self, name: str, batch: SlotBatch) -> None:
+    def _step_within_memory(self, name: str, batch: SlotBatch, hold: set[Hashable]) -> None:
         """Step, halving the forward size after each out-of-memory error until it fits."""
         while True:
             try:
-                batch.step(max_forward=self.max_forward[name])
+                batch.step(max_forward=self.max_forward[name], hold=hold)
                 return
             except (torch.OutOfMemoryError, MemoryError):
                 if self.max_forward[name] == 1:
@@ -116,17 +115,20 @@ class Engine:
         return bool(self.edits)
 
     @torch.inference_mode()
-    def step(self, on_forward: Callable[[str, int, float], None] | None = None) -> list[RunningEdit]:
+    def step(self, on_forward: Callable[[str, int, float], None] | None = None,
+             hold: Collection[str] = ()) -> list[RunningEdit]:
         """One iteration of every model with active slots; returns the edits that finished.
 
-        on_forward(model, slots, seconds) is called after each model's iteration.
+        on_forward(model, slots, seconds) is called after each model's iteration. The edits in
+        `hold` sit this iteration out (priorities: interactive edits go ahead of batch ones).
         """
+        held = {s.key for i in hold if i in self.edits for s in self.edits[i].slots}
         for name, batch in self.batches.items():
-            if not batch.active:
+            occupancy = sum(s.key not in held for s in batch.active)
+            if not occupancy:
                 continue
-            occupancy = len(batch.active)
             start = time.perf_counter()
-            self._step_within_memory(name, batch)
+            self._step_within_memory(name, batch, held)
             if on_forward is not None:
                 on_forward(name, occupancy, time.perf_counter() - start)
             batch.pop_finished()

@@ -8,6 +8,7 @@ import math
 import time
 
 from PIL import Image
+from redis.exceptions import RedisError
 
 from jobs.contract import EditJob
 from jobs.queue import JobQueue
@@ -67,6 +68,10 @@ class ProgressWriter:
         if done < total and now - self.last.get(job_id, -math.inf) < self.interval:
             return
         self.last[job_id] = now
-        self.queue.write_progress(job_id, done, total)
+        try:
+            self.queue.write_progress(job_id, done, total)
+        except RedisError:  # progress is advisory: a Redis outage must not stop the sampling
+            self.last.pop(job_id, None)
+            return
         if done >= total:
             self.last.pop(job_id, None)

@@ -11,16 +11,18 @@ from typing import Any
 import torch
 from redis import Redis
 
+from jobs.connection import OUTAGE
 from jobs.contract import EditJob
 from jobs.queue import JobQueue
 from jobs.rules import ModelSpec
 from jobs.settings import Settings
-from models.loader import load_model
-from models.network import ScoreModel
+from models.loader import load_model, network_dtype
 from models.regions import EditPlan
+from models.sdedit import Model, sdedit
 from worker import metrics
-from worker.engine import Engine
+from worker.engine import Engine, RunningEdit
 from worker.jobio import ProgressWriter, load_plan, store_results
+from worker.priorities import BatchShare
 from worker.rq_adapter import BatchWorker
 
 log = logging.getLogger("sdedit.worker")
@@ -33,11 +35,11 @@ def pick_device(name: str) -> str:
     return name
 
 
-def warm_up(model: ScoreModel) -> None:
-    """One forward at batch 1, so the first edit does not pay for lazy initialisation."""
-    x = torch.zeros(1, model.channels, model.resolution, model.resolution, device=model.device)
-    with torch.inference_mode():
-        model.predict(x, torch.tensor([0]))
+def warm_up(model: Model) -> None:
+    """A one-step edit at batch 1 (encode, forward, decode), so the first edit does not pay for
+    lazy initialisation and a model that cannot run fails at start-up, not on a job."""
+    guide = torch.full((model.channels, model.resolution, model.resolution), 0.5)
+    sdedit(model, guide, t0=1.0, steps=1)
 
 
 class EditRunner:
@@ -51,9 +53,40 @@ class EditRunner:
         self.plans: dict[str, EditPlan] = {}
         self.not_stepped: dict[str, EditJob] = {}  # admitted, first forward still to come
         self.progress = ProgressWriter(queue, settings.progress_interval_s)
+        # Finished edits whose results are not stored yet, and outcomes not yet handed to the
+        # worker: both survive a Redis outage (step raises, and the next step goes on from here).
+        self.unstored: list[RunningEdit] = []
+        self.outcomes: list[tuple[str, dict[str, Any] | BaseException]] = []
+        self.share = BatchShare(settings.batch_share)
+        self.iteration: dict[str, tuple[bool, bool]] = {}  # model: (contended, batch stepped)
 
-    def room(self, model: str) -> bool:
-        return self.engine.free_slots(model) >= self._largest_edit
+    def room(self, model: str, priority: str = "interactive") -> bool:
+        """Room for the largest allowed edit. A batch edit needs free slots; an interactive one
+        counts only interactive slots (batch slots sit out while it runs, worker.priorities),
+        within the memory bound of overflow_room."""
+        if priority == "batch":
+            return self.engine.free_slots(model) >= self._largest_edit
+        return (self._slots(model, "interactive") + self._largest_edit <= self.engine.max_batch
+                and self.overflow_room(model))
+
+    def _running(self, model: str, priority: str) -> list[RunningEdit]:
+        return [running for running in self.engine.edits.values()
+                if running.model == model and self.edits[running.id].priority == priority]
+
+    def _slots(self, model: str, priority: str) -> int:
+        return sum(len(running.slots) for running in self._running(model, priority))
+
+    def _held(self) -> set[str]:
+        """The batch edits that sit out the next iteration (worker.priorities)."""
+        held: set[str] = set()
+        for model in self.engine.models:
+            batch = {running.id for running in self._running(model, "batch")}
+            interactive = bool(self._running(model, "interactive"))
+            stepped = self.share.include_batch(model, interactive, bool(batch))
+            self.iteration[model] = (interactive and bool(batch), stepped)
+            if not stepped:
+                held |= batch
+        return held
 
     def overflow_room(self, model: str) -> bool:
         """Room for one more edit beyond a full batch: at most max_batch extra slots, which the
@@ -77,16 +110,29 @@ class EditRunner:
         self.progress.update(edit.id, 0, running.total)
 
     def step(self) -> list[tuple[str, dict[str, Any] | BaseException]]:
+        """One engine iteration; the outcomes of the edits that ended (results stored).
+
+        A Redis outage (ConnectionError) propagates, but loses nothing: finished edits wait in
+        `unstored` and outcomes in `outcomes` until a later step succeeds.
+        """
+        self._store_finished()  # what an outage kept back
+        if self.engine.busy:
+            self._engine_step()
+            self._store_finished()
+        outcomes, self.outcomes = self.outcomes, []
+        return outcomes
+
+    def _engine_step(self) -> None:
         oom_before = self.engine.oom_events
         try:
-            finished = self.engine.step(on_forward=self._observe_forward)
+            self.unstored += self.engine.step(on_forward=self._observe_forward,
+                                              hold=self._held())
         except Exception as exc:  # a failing forward fails the edits that were in it
             log.exception("engine step failed")
-            outcomes: list[tuple[str, dict[str, Any] | BaseException]] = []
             for edit_id in list(self.engine.edits):
                 self.drop(edit_id)
-                outcomes.append((edit_id, exc))
-            return outcomes
+                self.outcomes.append((edit_id, exc))
+            return
         metrics.OUT_OF_MEMORY.inc(self.engine.oom_events - oom_before)
         now = datetime.now(UTC)
         for edit in self.not_stepped.values():
@@ -95,29 +141,41 @@ class EditRunner:
         self.not_stepped.clear()
         for running in self.engine.edits.values():
             self.progress.update(running.id, running.done, running.total)
-        outcomes = []
-        for running in finished:
-            edit = self.edits.pop(running.id)
-            plan = self.plans.pop(running.id)
+
+    def _store_finished(self) -> None:
+        while self.unstored:
+            running = self.unstored[0]
+            edit, plan = self.edits[running.id], self.plans[running.id]
             try:
                 summary = store_results(self.queue, edit, plan.finish(running.results))
                 self.progress.update(running.id, running.total, running.total)
-                outcomes.append((running.id, summary))
+                outcome: dict[str, Any] | BaseException = summary
+            except OUTAGE:
+                raise  # kept in unstored: stored once Redis is back
             except Exception as exc:
-                outcomes.append((running.id, exc))
-        return outcomes
+                outcome = exc
+            self.unstored.pop(0)
+            self.edits.pop(running.id)
+            self.plans.pop(running.id)
+            self.outcomes.append((running.id, outcome))
 
-    @staticmethod
-    def _observe_forward(model: str, occupancy: int, seconds: float) -> None:
+    def _observe_forward(self, model: str, occupancy: int, seconds: float) -> None:
         metrics.FORWARDS.labels(model).inc()
         metrics.BATCH_OCCUPANCY.labels(model).observe(occupancy)
         metrics.STEP_SECONDS.labels(model).observe(seconds)
+        contended, batch_stepped = self.iteration.get(model, (False, True))
+        self.share.record(model, seconds, contended, batch_stepped)
+        if contended and not batch_stepped:
+            metrics.BATCH_HELD_ITERATIONS.labels(model).inc()
+        for priority in ("interactive", "batch"):
+            metrics.SLOTS_RUNNING.labels(model, priority).set(self._slots(model, priority))
 
     def canceled(self, job_ids: Iterable[str]) -> list[str]:
         return self.queue.canceled(list(job_ids))
 
     def drop(self, job_id: str) -> None:
         self.engine.cancel(job_id)
+        self.unstored = [r for r in self.unstored if r.id != job_id]
         self.edits.pop(job_id, None)
         self.plans.pop(job_id, None)
         self.not_stepped.pop(job_id, None)
@@ -127,7 +185,7 @@ class EditRunner:
         for name, model in self.engine.models.items():
             spec = ModelSpec(name=name, family=model.sde.family, levels=model.sde.num_levels,
                              resolution=model.resolution, channels=model.channels,
-                             max_batch=self.engine.max_batch)
+                             max_batch=self.engine.max_batch, text=model.text)
             self.queue.publish(spec, MODEL_ALIVE_TTL_S)
             metrics.JOBS_WAITING.labels(name).set(self.queue.depth(name))
             metrics.SLOTS_WAITING.labels(name).set(self.queue.waiting_samples(name))
@@ -138,13 +196,16 @@ def build_engine(settings: Settings) -> Engine:
     models = {}
     for name in settings.models:
         start = time.perf_counter()
-        model = load_model(name, device=device)
+        model = load_model(settings.model_source(name), device=device,
+                           dtype=network_dtype(settings.dtype, device))
+        model.name = name
         warm_up(model)
         metrics.MODEL_LOAD_SECONDS.labels(name).set(time.perf_counter() - start)
         metrics.start_at_zero(name)
         models[name] = model
-        log.info("loaded %s: %s, %d px, on %s", name, model.sde.family.upper(), model.resolution,
-                 device)
+        log.info("loaded %s: %s%s, %d px, %s on %s", name, model.sde.family.upper(),
+                 " text-guided latent" if model.text else "", model.resolution,
+                 str(model.dtype).removeprefix("torch."), device)
     return Engine(models, max_batch=settings.max_batch)
 
 

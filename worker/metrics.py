@@ -29,6 +29,8 @@ SLOTS_WAITING = Gauge("sdedit_worker_slots_waiting",
 FIRST_STEP_SECONDS = Histogram("sdedit_worker_time_to_first_step_seconds",
                                "enqueue to the job's first network forward", ["model"],
                                buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300))
+REDIS_OUTAGES = Counter("sdedit_worker_redis_outages_total",
+                        "main-loop iterations that found Redis unreachable (then retried)")
 WAIT_BOUND_ADMISSIONS = Counter("sdedit_worker_wait_bound_admissions_total",
                                 "jobs let into a full batch after waiting SDEDIT_MAX_WAIT_S",
                                 ["model"])
@@ -41,3 +43,17 @@ def start_at_zero(model: str) -> None:
         JOBS.labels(model, outcome)
     FORWARDS.labels(model)
     WAIT_BOUND_ADMISSIONS.labels(model)
+
+# Per priority (interactive, batch): see worker.priorities.
+SLOTS_RUNNING = Gauge("sdedit_worker_slots_running", "slots in the engine, by job priority",
+                      ["model", "priority"])
+JOBS_WAITING_BY_PRIORITY = Gauge("sdedit_worker_jobs_waiting_by_priority",
+                                 "jobs queued for the model, by priority", ["model", "priority"])
+JOB_LATENCY_SECONDS = Histogram("sdedit_worker_job_latency_seconds",
+                                "submission to the job's end (finished, failed or canceled), "
+                                "by priority", ["model", "priority"],
+                                buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600,
+                                         14400, 86400))
+BATCH_HELD_ITERATIONS = Counter("sdedit_worker_batch_held_iterations_total",
+                                "iterations in which batch jobs sat out for interactive ones",
+                                ["model"])

@@ -22,6 +22,7 @@ import time
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from redis import Redis
@@ -35,10 +36,13 @@ from rq.serializers import JSONSerializer
 from rq.suspension import is_suspended
 from rq.worker import SimpleWorker
 
-from jobs.contract import PRIORITIES, EditJob, model_of_queue
+from jobs.connection import OUTAGE
+from jobs.contract import PRIORITIES, EditJob, model_of_queue, priority_of_queue
 from jobs.queue import JobQueue, edit_of, fetch, oldest_wait, rq_queue
 from worker import metrics
 
+OUTAGE_WAIT_S = 0.5  # first wait after Redis became unreachable; doubles up to the max
+MAX_OUTAGE_WAIT_S = 8.0
 IDLE_POLL_S = 5  # an idle worker wakes this often to publish that it is alive
 HEAD_CHECK_S = 0.5  # a full worker looks at the age of its queues' oldest job this often
 
@@ -48,7 +52,7 @@ class Runner(Protocol):
 
     queue: JobQueue  # the queue client the runner reads inputs and writes results with
 
-    def room(self, model: str) -> bool: ...
+    def room(self, model: str, priority: str = "interactive") -> bool: ...
 
     def overflow_room(self, model: str) -> bool: ...
 
@@ -87,6 +91,7 @@ class BatchWorker(SimpleWorker):
         self.heartbeat_s = heartbeat_s
         self.max_wait_s = max_wait_s
         self.head_checked: dict[str, float] = {}
+        self.unfinalized: list[tuple[str, dict[str, Any] | BaseException]] = []
         self.worked = False
         self.last_publish = -heartbeat_s
         # Heartbeats come from a thread, so a network forward longer than the heartbeat TTL
@@ -107,13 +112,22 @@ class BatchWorker(SimpleWorker):
         self.worked = False
         beats = threading.Thread(target=self._heartbeat_loop, name="heartbeats", daemon=True)
         beats.start()
+        outage_wait = OUTAGE_WAIT_S
         try:
             while True:
                 try:
                     if not self._iteration(burst):
                         break
+                    outage_wait = OUTAGE_WAIT_S
                 except StopRequested:  # raised by RQ's signal handler while we wait idle
                     break
+                except OUTAGE as exc:
+                    # Redis is down or restarting: keep the engine's state (running slots,
+                    # unstored results, unfinalized outcomes) and retry with back-off.
+                    self.log.warning("Redis unreachable (%s); retrying in %.1f s", exc, outage_wait)
+                    metrics.REDIS_OUTAGES.inc()
+                    time.sleep(outage_wait)
+                    outage_wait = min(2 * outage_wait, MAX_OUTAGE_WAIT_S)
         finally:
             self.stop_beats.set()
             beats.join()
@@ -128,6 +142,9 @@ class BatchWorker(SimpleWorker):
             self.run_maintenance_tasks()
         if time.monotonic() - self.last_publish >= self.heartbeat_s:
             self.runner.publish()
+            for queue in self.queues:
+                metrics.JOBS_WAITING_BY_PRIORITY.labels(
+                    model_of_queue(queue.name), priority_of_queue(queue.name)).set(queue.count)
             self.heartbeat()
             self.last_publish = time.monotonic()
         stopping = RQPrivate.stop_requested(self)
@@ -139,6 +156,7 @@ class BatchWorker(SimpleWorker):
         self.worked |= admitted > 0
         if not self.running:
             return not (burst and admitted == 0)
+        self._finish([])  # outcomes an outage kept back
         self._check_cancel_and_timeouts()
         self._finish(self.runner.step())
         return True
@@ -146,10 +164,13 @@ class BatchWorker(SimpleWorker):
     def _admit(self, block: bool) -> int:
         """Pop jobs while the runner has room for them; block briefly only when idle.
 
-        Queues are served first come first served and never skip their head job. While a
-        model's batch is full, its oldest queued job is let in anyway once it has waited
-        max_wait_s (the runner then splits each iteration into several forwards), so no job
-        waits longer than that for jobs that run long.
+        Queues are served in priority order (every interactive queue, then the batch queues),
+        each first come first served, never skipping its head job. An interactive job finds room
+        beside batch jobs, which sit out while it runs (the runner's priorities). While a
+        model's batch is full, its oldest queued interactive job is let in anyway once it has
+        waited max_wait_s (the runner then splits each iteration into several forwards), so no
+        interactive job waits longer than that for jobs that run long; batch jobs wait for
+        free slots.
         """
         admitted = 0
         if block:  # idle: RQ's own blocking dequeue (heartbeats, reconnects with back-off)
@@ -159,10 +180,10 @@ class BatchWorker(SimpleWorker):
             self._start(*result)
             admitted = 1
         for queue in self.queues:
-            model = model_of_queue(queue.name)
+            model, priority = model_of_queue(queue.name), priority_of_queue(queue.name)
             while True:
-                over_full = not self.runner.room(model)
-                if over_full and not self._head_waited_too_long(queue):
+                over_full = not self.runner.room(model, priority)
+                if over_full and (priority == "batch" or not self._head_waited_too_long(queue)):
                     break
                 try:
                     result = Queue.dequeue_any([queue], timeout=None, connection=self.connection,
@@ -213,7 +234,8 @@ class BatchWorker(SimpleWorker):
         for job_id in self.runner.canceled(list(self.running)):
             self.runner.drop(job_id)
             with self.lock:
-                self._cancel(self.running.pop(job_id))
+                self._cancel(self.running[job_id])  # an outage here: canceled again next time
+                del self.running[job_id]
         for job_id, run in list(self.running.items()):
             timeout = run.job.timeout
             if timeout and timeout > 0 and now - run.started > timeout:
@@ -221,11 +243,17 @@ class BatchWorker(SimpleWorker):
                 self._finish([(job_id, TimeoutError(f"job exceeded its timeout of {timeout} s"))])
 
     def _finish(self, outcomes: list[tuple[str, dict[str, Any] | BaseException]]) -> None:
+        """Record each outcome in RQ; what a Redis outage interrupts is retried first thing in
+        the next call (a job leaves `running` only once RQ has recorded its end)."""
+        self.unfinalized += outcomes
         with self.lock:
-            for job_id, outcome in outcomes:
-                run = self.running.pop(job_id, None)
+            while self.unfinalized:
+                job_id, outcome = self.unfinalized[0]
+                run = self.running.get(job_id)
                 if run is not None:
-                    self._record_outcome(run, outcome)
+                    self._record_outcome(run, outcome)  # raises on an outage: kept for later
+                    del self.running[job_id]
+                self.unfinalized.pop(0)
             metrics.ACTIVE_JOBS.set(len(self.running))
             if not self.running:
                 self.set_state("idle")
@@ -234,6 +262,8 @@ class BatchWorker(SimpleWorker):
         edit = edit_of(run.job)
         model = edit.model
         metrics.JOB_SECONDS.labels(model).observe(time.monotonic() - run.started)
+        metrics.JOB_LATENCY_SECONDS.labels(model, edit.priority).observe(
+            (datetime.now(UTC) - edit.created_at).total_seconds())
         if isinstance(outcome, BaseException):
             metrics.JOBS.labels(model, "failed").inc()
             metrics.FAILURES.labels(model, type(outcome).__name__).inc()
@@ -256,6 +286,8 @@ class BatchWorker(SimpleWorker):
             run.job.cancel()
         edit = edit_of(run.job)
         metrics.JOBS.labels(edit.model, "canceled").inc()
+        metrics.JOB_LATENCY_SECONDS.labels(edit.model, edit.priority).observe(
+            (datetime.now(UTC) - edit.created_at).total_seconds())
         self.log.info("Job %s canceled while running", run.job.id)
         self.runner.queue.edit_ended(edit, "canceled")
 

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from jobs.contract import PRIORITIES
 from service.deps import MetricsDep, QueueDep, SettingsDep
 from service.errors import error_body
 
@@ -50,4 +51,6 @@ def readyz_api(queue: QueueDep) -> dict[str, str]:
 def prometheus(queue: QueueDep, settings: SettingsDep, metrics: MetricsDep) -> Response:
     for name in settings.models:
         metrics.queue_depth.labels(name).set(queue.depth(name))
+        for priority in PRIORITIES:
+            metrics.queue_depth_by_priority.labels(name, priority).set(queue.depth(name, priority))
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
