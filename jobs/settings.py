@@ -56,6 +56,8 @@ class Settings(BaseSettings):
                                                  "are retried about 3 periods after its last")
     maintenance_s: int = Field(60, description="worker: how often it recovers abandoned jobs")
     metrics_port: int = Field(9100, description="worker: Prometheus port (0 = off)")
+    cors_origins: list[str] = Field(
+        [], description="origins allowed to call the API from a browser (CORS); none by default")
     host: str = Field("127.0.0.1", description="API bind address")
     port: int = Field(8000, description="API port")
     idempotency_ttl_s: int = Field(24 * 3600, gt=0,

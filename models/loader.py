@@ -105,11 +105,12 @@ def resolve(name_or_path: str) -> Path:
         if not path.is_dir():
             raise ModelLoadError(f"{path} is a file; expected a model folder")
         return path
-    if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/")):
+    repo_id, _, revision = name_or_path.partition("@")  # org/name@revision pins a version
+    if repo_id.count("/") == 1 and not repo_id.startswith((".", "/")):
         try:
             from huggingface_hub import snapshot_download
 
-            return Path(snapshot_download(name_or_path, allow_patterns=[
+            return Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=[
                 "*.json", "*.safetensors", "unet/*", "scheduler/*", "tokenizer/*"]))
         except Exception as exc:  # the hub client raises many types; all mean "not available"
             raise ModelLoadError(f"cannot download {name_or_path!r} from the model hub: "

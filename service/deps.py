@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -24,7 +25,12 @@ def caller(request: Request, settings: Annotated[Settings, Depends(get_settings)
     if scheme.lower() != "bearer" or not key:
         raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'",
                        headers={"WWW-Authenticate": "Bearer"})
-    if key not in settings.api_keys:
+    # Compared in constant time with every accepted key (no early exit), so response times do
+    # not tell how much of a guess was right. Keys are never logged.
+    matched = False
+    for accepted in settings.api_keys:
+        matched |= hmac.compare_digest(accepted.encode(), key.encode())
+    if not matched:
         raise ApiError(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
     return hashlib.sha256(key.encode()).hexdigest()[:24]
 

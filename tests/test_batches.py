@@ -231,6 +231,7 @@ def test_an_idempotency_key_makes_one_batch(client, settings):
                                               "SDEDIT_DISPATCHER_POLL_S": "0.1"}], indirect=True)
 def test_sdedit_batch_submit_and_the_client_over_http(running_service, vp_dir, tmp_path, capsys):
     url, _ = running_service
+    model = Settings(models=[str(vp_dir)]).models[0]  # the name it is served under
     hook = Receiver()
     try:
         folder = tmp_path / "in"
@@ -239,7 +240,7 @@ def test_sdedit_batch_submit_and_the_client_over_http(running_service, vp_dir, t
             (folder / f"{name}.png").write_bytes(png(colour))
         (folder / "blue.mask.png").write_bytes(png(mode="L"))
         out = tmp_path / "out"
-        code = cli_main(["batch", "submit", str(folder), "--model", str(vp_dir), "--t0", "0.2",
+        code = cli_main(["batch", "submit", str(folder), "--model", model, "--t0", "0.2",
                          "--steps", "3", "-n", "2", "--url", url, "--webhook-url", hook.url,
                          "--wait", "-o", str(out)])
         assert code == 0, capsys.readouterr().err
@@ -261,7 +262,7 @@ def test_sdedit_batch_submit_and_the_client_over_http(running_service, vp_dir, t
             jsonl = tmp_path / "requests.jsonl"
             jsonl.write_text(json.dumps({"custom_id": "x", "image": "in/red.png", "seed": 9}) + "\n"
                              + json.dumps({"custom_id": "y", "image": b64(png())}) + "\n")
-            assert cli_main(["batch", "submit", str(jsonl), "--model", str(vp_dir), "--t0", "0.2",
+            assert cli_main(["batch", "submit", str(jsonl), "--model", model, "--t0", "0.2",
                              "--steps", "2", "--url", url]) == 0
             jsonl_batch = capsys.readouterr().out.strip()
             state = client.wait_batch(jsonl_batch, poll=0.2, timeout=60, progress=False)

@@ -20,7 +20,7 @@ def test_up_serves_edits_and_stops_cleanly_on_ctrl_c(running_service, vp_dir, tm
     url, process = running_service
     with SDEditClient(url) as client:
         job = client.submit(EXAMPLES / "smiley.png", EXAMPLES / "smiley-mouth-mask.png",
-                            model=str(vp_dir), t0=0.4, steps=8, samples=2, seed=1)
+                            model=vp_dir.name, t0=0.4, steps=8, samples=2, seed=1)
         state = client.wait(job, timeout=60, progress=False)
         assert state["status"] == "finished" and state["progress"]["step"] == 8
         paths = client.download(job, tmp_path / "client", stem="smiley")
@@ -29,11 +29,11 @@ def test_up_serves_edits_and_stops_cleanly_on_ctrl_c(running_service, vp_dir, tm
         assert image.size == guide.size  # a masked edit comes back at the input's size
 
     out = tmp_path / "cli"
-    code = cli_main(["submit", str(EXAMPLES / "heart.png"), "--model", str(vp_dir), "--url", url,
+    code = cli_main(["submit", str(EXAMPLES / "heart.png"), "--model", vp_dir.name, "--url", url,
                      "--t0", "0.3", "--steps", "4", "--wait", "-o", str(out)])
     assert code == 0 and (out / "heart-0.png").is_file()
     # The model's own rules reach the CLI through the API's 422, before any job exists.
-    code = cli_main(["submit", str(EXAMPLES / "heart.png"), "--model", str(vp_dir), "--url", url,
+    code = cli_main(["submit", str(EXAMPLES / "heart.png"), "--model", vp_dir.name, "--url", url,
                      "--sampler", "pc"])
     assert code == 2
     assert capsys.readouterr().err.endswith(
@@ -65,7 +65,7 @@ def test_a_large_photo_with_a_small_mask_comes_back_at_its_size(running_service,
     mask_image.save(mask, "PNG")
     with SDEditClient(url, timeout=120) as client:
         for output_format in ("png", "webp"):
-            job = client.submit(photo.getvalue(), mask.getvalue(), model=str(vp_dir), t0=0.3,
+            job = client.submit(photo.getvalue(), mask.getvalue(), model=vp_dir.name, t0=0.3,
                                 steps=3, output_format=output_format)
             assert client.wait(job, timeout=120, progress=False)["status"] == "finished"
             with Image.open(io.BytesIO(client.image(job, 0))) as result:

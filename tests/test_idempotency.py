@@ -188,7 +188,7 @@ def test_concurrent_duplicates_over_http_make_exactly_one_job(vp_dir, tmp_path):
             return httpx.post(f"{urls[k % 2]}/v1/edits", timeout=30,
                               headers={"Authorization": f"Bearer {KEY}",
                                        "Idempotency-Key": "same-key"},
-                              data={"model": str(vp_dir), "t0": "0.3"},
+                              data={"model": settings.models[0], "t0": "0.3"},
                               files={"image": ("g.png", image, "image/png")})
 
         with ThreadPoolExecutor(16) as pool:
@@ -196,7 +196,7 @@ def test_concurrent_duplicates_over_http_make_exactly_one_job(vp_dir, tmp_path):
         assert {r.status_code for r in responses} <= {202, 409}, [r.text for r in responses]
         ids = {r.json()["id"] for r in responses if r.status_code == 202}
         assert len(ids) == 1
-        assert JobQueue(connection, settings).depth(str(vp_dir)) == 1
+        assert JobQueue(connection, settings).depth(settings.models[0]) == 1
     finally:
         for api in apis:
             api.terminate()

@@ -88,7 +88,9 @@ def test_learned_variance_channels_are_dropped():
 
 
 @pytest.mark.parametrize("config,message", [
-    ({"_class_name": "EulerDiscreteScheduler"}, "unknown scheduler type 'EulerDiscreteScheduler'"),
+    # Flow matching (SD 3) is not a VP schedule.
+    ({"_class_name": "FlowMatchEulerDiscreteScheduler"},
+     "unknown scheduler type 'FlowMatchEulerDiscreteScheduler'"),
     ({}, "unknown scheduler type None"),
     ({"_class_name": "DDPMScheduler", "prediction_type": "flow"}, "unsupported prediction_type"),
     ({"_class_name": "DDPMScheduler", "beta_schedule": "wiggly"}, "unsupported VP noise schedule"),

@@ -274,9 +274,10 @@ def test_the_api_serves_text_guided_edits_from_a_folder_named_in_the_models_sett
         assert image.size == (80, 80)
 
 
-# bfloat16 against float32 on the CPU, images in [0, 1]. Measured on the tiny models: largest
-# pixel difference 0.014 (SD), 0.016 (VP); mean 0.0025 and 0.0005.
-BFLOAT16_MAX, BFLOAT16_MEAN = 0.05, 0.01
+# bfloat16 against float32 on the CPU, images in [0, 1], 4 steps from t0 = 0.6. Measured on the
+# tiny models: largest pixel difference 0.034 (VE), 0.033 (VP), 0.022 (SD); mean 0.0011,
+# 0.0010, 0.0032.
+BFLOAT16_MAX, BFLOAT16_MEAN = 0.06, 0.01
 
 
 @pytest.mark.parametrize("kind", ["vp", "ve", "sd"])
@@ -288,8 +289,7 @@ def test_bfloat16_networks_stay_within_a_stated_bound_of_float32(request, kind):
         guide = torch.rand(3, model.resolution, model.resolution,
                            generator=torch.Generator().manual_seed(3))
         text = {"prompt": PROMPT} if model.text else {}
-        steps = 20 if kind == "ve" else 4
-        runs[dtype] = sdedit(model, guide, t0=0.6, steps=steps, seed=1, **text)
+        runs[dtype] = sdedit(model, guide, t0=0.6, steps=4, seed=1, **text)
         assert runs[dtype].dtype == torch.float32  # the schedule maths stays float32
     difference = (runs[torch.float32] - runs[torch.bfloat16]).abs()
     assert 0 < difference.max() <= BFLOAT16_MAX and difference.mean() <= BFLOAT16_MEAN

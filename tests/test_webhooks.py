@@ -430,7 +430,8 @@ def test_sdedit_up_delivers_signed_webhooks(running_service, vp_dir, receiver):
     url, _ = running_service
     hook = receiver()
     response = httpx.post(f"{url}/v1/edits", files={"image": ("g.png", png(), "image/png")},
-                          data={"model": str(vp_dir), "t0": "0.2", "steps": "3",
+                          data={"model": Settings(models=[str(vp_dir)]).models[0],
+                                "t0": "0.2", "steps": "3",
                                 "webhook_url": f"{hook.url}/done"})
     assert response.status_code == 202, response.text
     job_id = response.json()["id"]

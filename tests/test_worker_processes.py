@@ -54,7 +54,7 @@ def stack(vp_dir: Path, tmp_path: Path):
             return worker
 
         def submit(**fields: str) -> str:
-            data = {"model": str(vp_dir), "t0": "1.0", **fields}
+            data = {"model": vp_dir.name, "t0": "1.0", **fields}
             response = client.post("/v1/edits", data=data, files={"image": ("g.png", png())})
             assert response.status_code == 202, response.text
             return response.json()["id"]
