@@ -119,3 +119,18 @@ def make_sd_folder(folder: Path, config: str = "tiny", prediction_type: str = "e
     """A diffusers Stable Diffusion folder on disk (save_pretrained), as users have them."""
     build_pipeline(config, prediction_type, set_alpha_to_one, seed).save_pretrained(folder)
     return folder
+
+
+def latent_model(pipe: Any, name: str = "sd") -> Any:
+    """Our LatentModel over an in-memory pipeline's parts (no save and load: the GPU benchmark
+    builds SD 1.5 on the device in float16), with the schedule its scheduler config gives."""
+    from models.loader import sde_from_scheduler_config
+    from models.stable_diffusion import LatentModel, final_level
+
+    # A saved config names its class; an in-memory one does not.
+    config = {"_class_name": type(pipe.scheduler).__name__, **pipe.scheduler.config}
+    sde, prediction_type = sde_from_scheduler_config(config)
+    return LatentModel(unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder,
+                       tokenizer=pipe.tokenizer, sde=sde, prediction_type=prediction_type,
+                       dtype=pipe.unet.dtype, device=pipe.unet.device, name=name,
+                       final_level=final_level(config))

@@ -7,6 +7,7 @@ import argparse
 import logging
 import os
 import signal
+
 # bandit B404/B603: subprocess starts this project's own parts (fixed argv, no shell).
 import subprocess  # nosec B404
 import sys

@@ -187,6 +187,9 @@ class BatchStore:
     def look_again(self, batch_id: str, seconds: float) -> None:
         self.connection.zadd(BATCH_DEADLINES_KEY, {batch_id: time.time() + seconds})
 
+    def forget(self, batch_id: str) -> None:
+        self.connection.zrem(BATCH_DEADLINES_KEY, batch_id)
+
     def _notify(self, view: BatchView) -> None:
         record = view.record
         event = f"batch.{view.status}"

@@ -185,7 +185,7 @@ class JobQueue:
         for batch_id in overdue:
             view = self.batches.view(batch_id)
             if view is None:
-                self.batches.look_again(batch_id, self.batches.ttl_s)  # its records are gone
+                self.batches.forget(batch_id)  # its records have expired
                 continue
             if view.status not in FINAL_STATUSES:
                 self.batches.flag(batch_id, "expired_at")

@@ -80,7 +80,7 @@ def resolve_webhook_url(url: str, allow_hosts: list[str]) -> list[str]:
     host, port = webhook_host(url)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError):
+    except (OSError, UnicodeError, ValueError):  # also a NUL or an overlong label in the host
         raise UrlRefused(f"webhook_url: host {host!r} does not resolve") from None
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     if host.lower() not in {h.lower() for h in allow_hosts}:

@@ -49,6 +49,12 @@ def is_stable_diffusion_folder(folder: Path) -> bool:
     return (folder / "model_index.json").is_file() and all((folder / p).is_dir() for p in PARTS)
 
 
+def final_level(scheduler_config: dict) -> int:
+    """Where a pass ends: clean data, or level 0 where the config says set_alpha_to_one=False
+    (diffusers' DDIM and PNDM then end at abar_0; a config without the key ends clean)."""
+    return CLEAN if scheduler_config.get("set_alpha_to_one", True) else 0
+
+
 @dataclass(frozen=True)
 class TextCondition:
     """What one sample is guided by: prompt embeddings and the guidance weight."""
@@ -217,4 +223,4 @@ def load_stable_diffusion(folder: Path, sde: VPSDE, prediction_type: str,
     return LatentModel(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                        sde=sde, prediction_type=prediction_type, dtype=dtype, device=device,
                        name=name,
-                       final_level=CLEAN if scheduler.get("set_alpha_to_one", True) else 0)
+                       final_level=final_level(scheduler))

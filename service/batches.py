@@ -46,7 +46,7 @@ async def read_batch(request: Request, settings: Settings) -> dict:
             raise ApiError(413, f"batch body exceeds the limit of {limit} bytes")
     try:
         body = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise ApiError(422, "body: not valid JSON") from None
     if not isinstance(body, dict):
         raise ApiError(422, "body: the JSON body must be an object")

@@ -24,3 +24,5 @@ class ApiMetrics:
         for model in models:
             self.accepted.labels(model)
             self.queue_depth.labels(model)
+            for priority in ("interactive", "batch"):
+                self.queue_depth_by_priority.labels(model, priority)

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from redis import Redis
 
+from jobs.connection import OUTAGE
 from jobs.queue import JobQueue
 from jobs.settings import Settings
 from jobs.webhooks import (
@@ -89,7 +90,12 @@ class Dispatcher:
         log.info("dispatcher: delivering webhooks (%d at a time)",
                  self.settings.dispatcher_concurrency)
         while not self.stopping.is_set():
-            if not self.run_once():
+            try:
+                busy = self.run_once()
+            except OUTAGE as exc:  # Redis down or restarting: the messages wait there
+                log.warning("Redis unreachable (%s); retrying", exc)
+                busy = 0
+            if not busy:
                 self.stopping.wait(self.settings.dispatcher_poll_s)
 
     def stop(self, *_: object) -> None:

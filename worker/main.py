@@ -70,8 +70,8 @@ class EditRunner:
                 and self.overflow_room(model))
 
     def _running(self, model: str, priority: str) -> list[RunningEdit]:
-        return [running for running in self.engine.edits.values()
-                if running.model == model and self.edits[running.id].priority == priority]
+        return [running for running in self.engine.edits.values() if running.model == model
+                and running.id in self.edits and self.edits[running.id].priority == priority]
 
     def _slots(self, model: str, priority: str) -> int:
         return sum(len(running.slots) for running in self._running(model, priority))

@@ -36,14 +36,6 @@ WAIT_BOUND_ADMISSIONS = Counter("sdedit_worker_wait_bound_admissions_total",
                                 ["model"])
 
 
-def start_at_zero(model: str) -> None:
-    """Create a served model's counters at zero, so rate() and increase() see the first events
-    (a series born non-zero loses its first increments)."""
-    for outcome in ("finished", "failed", "canceled"):
-        JOBS.labels(model, outcome)
-    FORWARDS.labels(model)
-    WAIT_BOUND_ADMISSIONS.labels(model)
-
 # Per priority (interactive, batch): see worker.priorities.
 SLOTS_RUNNING = Gauge("sdedit_worker_slots_running", "slots in the engine, by job priority",
                       ["model", "priority"])
@@ -57,3 +49,13 @@ JOB_LATENCY_SECONDS = Histogram("sdedit_worker_job_latency_seconds",
 BATCH_HELD_ITERATIONS = Counter("sdedit_worker_batch_held_iterations_total",
                                 "iterations in which batch jobs sat out for interactive ones",
                                 ["model"])
+
+
+def start_at_zero(model: str) -> None:
+    """Create a served model's counters at zero, so rate() and increase() see the first events
+    (a series born non-zero loses its first increments)."""
+    for outcome in ("finished", "failed", "canceled"):
+        JOBS.labels(model, outcome)
+    FORWARDS.labels(model)
+    WAIT_BOUND_ADMISSIONS.labels(model)
+    BATCH_HELD_ITERATIONS.labels(model)

@@ -407,6 +407,13 @@ function applyModel() {
     sampler.append(option);
   }
   $("samples").max = m.max_batch;
+  // Text-guided models (Stable Diffusion) take a prompt; the others refuse one.
+  $("text-row").hidden = !m.text;
+  if (m.text) $("guidance-scale").value = m.defaults.guidance_scale;
+}
+
+function selectedModel() {
+  return models.find((x) => x.name === $("model").value);
 }
 
 $("model").addEventListener("change", applyModel);
@@ -442,6 +449,11 @@ async function submit() {
   form.append("seed", $("seed").value || "0");
   if ($("sampler").value) form.append("sampler", $("sampler").value);
   if ($("steps").value) form.append("steps", $("steps").value);
+  if (selectedModel()?.text) {
+    form.append("prompt", $("prompt").value);
+    form.append("negative_prompt", $("negative-prompt").value);
+    if ($("guidance-scale").value) form.append("guidance_scale", $("guidance-scale").value);
+  }
   // A photo's edit comes back at the photo's size, with or without a mask.
   if (isPhoto()) form.append("output_size", "input");
   const response = await fetch("/v1/edits", { method: "POST", body: form, headers: headers() });
