@@ -10,11 +10,13 @@ full sizes are one command each:
     python -m bench.reliability killed-workers --jobs 60 --kills 20 --write
     python -m bench.reliability killed-api --submissions 2000 --write
     python -m bench.reliability burst --submissions 10000 --clients 32 --queue-limit 8000 --write
+    python -m bench.reliability fairness --jobs 1000 --write
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import re
 import statistics
@@ -263,7 +265,51 @@ def burst(folder: Path, model: str, submissions: int = 300, clients: int = 32,
         cluster.close()
 
 
+def fairness(folder: Path, model: str, jobs: int = 100, steps: int = 20) -> dict[str, Any]:
+    """One key queues `jobs` edits; another key's single edit waits about one edit, not all."""
+    name = model_entry(model)[0]
+    keys = ["key-backlog", "key-single"]
+    cluster = Cluster(folder, [model], {"SDEDIT_AUTH_DISABLED": "false",
+                                        "SDEDIT_API_KEYS": json.dumps(keys),
+                                        "SDEDIT_MAX_QUEUE_DEPTH": str(jobs + 10)})
+    try:
+        cluster.start_redis()
+        _, url = cluster.start_api()
+        cluster.start_worker()
+        fields = {"model": name, "t0": "1.0", "steps": str(steps)}
+
+        def client(key: str) -> httpx.Client:
+            return httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {key}"})
+
+        backlog, single = client(keys[0]), client(keys[1])
+        until(lambda: single.get("/readyz").status_code == 200, 120, "a live worker")
+        alone = accepted(single.post("/v1/edits", data=fields, files={"image": ("g.png", png(1))}))
+        idle = latency_s(wait_terminal(single, [alone], 120)[alone])
+        ids = [accepted(backlog.post("/v1/edits", data=fields,
+                                     files={"image": ("g.png", png(s))})) for s in range(jobs)]
+        one = accepted(single.post("/v1/edits", data=fields, files={"image": ("g.png", png(2))}))
+        position = single.get(f"/v1/edits/{one}").json()["position"]
+        queued_then = [i for i, st in statuses(backlog, ids).items() if st["status"] == "queued"]
+        final = wait_terminal(single, [one], 600)[one]
+        waited = latency_s(final)
+        # Backlog jobs that were still queued when it arrived and yet ended before it.
+        overtaken = sum(1 for st in statuses(backlog, queued_then).values()
+                        if st.get("ended_at") and st["ended_at"] < final["ended_at"])
+        for job_id in ids:  # the backlog is not needed any more
+            backlog.delete(f"/v1/edits/{job_id}")
+        return {"backlog_jobs": jobs, "steps_per_job": steps,
+                "single_job_queue_position": position,
+                "single_job_latency_idle_s": round(idle, 2),
+                "single_job_latency_behind_backlog_s": round(waited, 2),
+                "ratio": round(waited / idle, 2),
+                "backlog_queued_when_it_arrived": len(queued_then),
+                "of_those_ended_before_it": overtaken}
+    finally:
+        cluster.close()
+
+
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
+    "fairness": fairness,
     "redis-restart": redis_restart, "killed-workers": killed_workers,
     "killed-api": killed_api, "burst": burst}
 

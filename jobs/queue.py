@@ -24,6 +24,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
+from jobs import fairness
 from jobs.batches import ENDED_STATES, FINAL_STATUSES, BatchStore, BatchView
 from jobs.contract import (
     PRIORITIES,
@@ -148,11 +149,14 @@ class JobQueue:
         pipeline.set(input_key(edit.id, "guide"), guide, ex=ttl)
         if mask is not None:
             pipeline.set(input_key(edit.id, "mask"), mask, ex=ttl)
-        self.queue(edit.model, edit.priority).enqueue(
+        queue = self.queue(edit.model, edit.priority)
+        queue.enqueue(
             TASK, job=edit.model_dump(mode="json"), job_id=edit.id,
             result_ttl=self.settings.result_ttl_s, failure_ttl=self.settings.result_ttl_s,
             job_timeout=self.settings.job_timeout_s, retry=Retry(max=1), pipeline=pipeline,
             description=f"sdedit {edit.model} t0={edit.t0} samples={edit.samples}")
+        fairness.place(pipeline, queue.key, edit.id, edit.owner)  # behind fewer jobs of others
+        fairness.track(pipeline, edit.owner, edit.id, self.settings.result_ttl_s)
 
     def submit_batch(self, batch_id: str, owner: str, options: BatchOptions,
                      items: list[tuple[EditJob, bytes, bytes | None]],

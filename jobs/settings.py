@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     max_pixels: int = Field(4096 * 4096, description="decoded image size; larger -> 413")
     max_samples: int = Field(8, description="samples per job")
     max_queue_depth: int = Field(1000, description="queued jobs per model; more -> 429")
+    rate_limit_per_minute: int = Field(0, ge=0, description="requests per minute per API key; "
+                                                            "more -> 429 (0 = no limit)")
+    max_jobs_per_key: int = Field(0, ge=0, description="jobs of one API key waiting or running; "
+                                                       "more -> 429 (0 = no limit)")
     retry_after_s: int = Field(10, description="Retry-After sent with 429")
     result_ttl_s: int = Field(24 * 3600, description="how long results and job records live")
     input_ttl_s: int = Field(24 * 3600, description="how long uploaded inputs live")

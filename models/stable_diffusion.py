@@ -45,7 +45,7 @@ MOMENT_CACHE = 4  # guides
 
 
 def is_stable_diffusion_folder(folder: Path) -> bool:
-    """A diffusers pipeline folder with a text encoder: model_index.json and the five parts."""
+    """A diffusers pipeline folder with a text encoder: model_index.json and the parts above."""
     return (folder / "model_index.json").is_file() and all((folder / p).is_dir() for p in PARTS)
 
 
@@ -79,13 +79,12 @@ class LatentModel:
     name: str = "model"
     channels: int = 3  # of the images it edits
     final_level: int = 0  # CLEAN when the scheduler config says set_alpha_to_one
-    lowest_level: ClassVar[int] = 1
-    _embeddings: OrderedDict[tuple[str, str], torch.Tensor] = field(default_factory=OrderedDict,
-                                                                    repr=False)
+    _embeddings: OrderedDict[str, torch.Tensor] = field(default_factory=OrderedDict, repr=False)
     _moments: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list,
                                                                              repr=False)
 
     text: ClassVar[bool] = True
+    lowest_level: ClassVar[int] = 1  # diffusers' SD pipelines force steps_offset = 1
 
     def __post_init__(self) -> None:
         if self.prediction_type not in PREDICTION_TYPES:
@@ -108,16 +107,16 @@ class LatentModel:
 
     # --- text ------------------------------------------------------------------------------
 
+    @torch.no_grad()
     def embed(self, prompt: str) -> torch.Tensor:
         """The text encoder's last hidden state for one prompt (L, D), cached per prompt.
 
         Tokenised as diffusers' pipelines do: padded to the tokenizer's full length, truncated
         beyond it, so every embedding has the same shape and samples batch together.
         """
-        key = (prompt, str(self.dtype))
-        cached = self._embeddings.get(key)
+        cached = self._embeddings.get(prompt)
         if cached is not None:
-            self._embeddings.move_to_end(key)
+            self._embeddings.move_to_end(prompt)
             return cached
         tokens = self.tokenizer(prompt, padding="max_length", truncation=True,
                                 max_length=self.tokenizer.model_max_length, return_tensors="pt")
@@ -126,7 +125,7 @@ class LatentModel:
             mask = tokens.attention_mask.to(self.device)
         embedding = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0][0]
         embedding = embedding.to(self.dtype)
-        self._embeddings[key] = embedding
+        self._embeddings[prompt] = embedding
         if len(self._embeddings) > EMBEDDING_CACHE:
             self._embeddings.popitem(last=False)
         return embedding
@@ -139,6 +138,7 @@ class LatentModel:
 
     # --- pixels <-> latents ----------------------------------------------------------------
 
+    @torch.no_grad()
     def _posterior(self, guide: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and standard deviation of q(latent | guide), float32, unscaled; the last few
         guides are remembered (a job's samples share their guide)."""
@@ -205,13 +205,14 @@ def load_stable_diffusion(folder: Path, sde: VPSDE, prediction_type: str,
     if unet_config.get("addition_embed_type") or unet_config.get("time_cond_proj_dim"):
         raise ValueError(f"{folder}: a UNet with extra conditioning (SDXL, LCM) is not a "
                          "Stable Diffusion 1.x / 2.x UNet")
+    vae_config = json.loads((folder / "vae" / "config.json").read_text())
+    if unet_config.get("in_channels", 4) != vae_config.get("latent_channels", 4):
+        raise ValueError(f"{folder}: the UNet takes {unet_config.get('in_channels')} channels but "
+                         f"the VAE makes {vae_config.get('latent_channels')} (an inpainting UNet "
+                         "is not supported: SDEdit inpaints with any model)")
     unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype,
                                                 low_cpu_mem_usage=False)
     vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype, low_cpu_mem_usage=False)
-    if unet.config.in_channels != vae.config.latent_channels:
-        raise ValueError(f"{folder}: the UNet takes {unet.config.in_channels} channels but the "
-                         f"VAE makes {vae.config.latent_channels} (an inpainting UNet is not "
-                         "supported: SDEdit inpaints with any model)")
     text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
     # channels_last is faster on GPUs; on the CPU the contiguous layout is as fast and keeps

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from jobs import fairness
 from jobs.idempotency import IdempotencyStore
 from jobs.queue import JobQueue
 from jobs.settings import Settings, get_settings
@@ -32,7 +33,15 @@ def caller(request: Request, settings: Annotated[Settings, Depends(get_settings)
         matched |= hmac.compare_digest(accepted.encode(), key.encode())
     if not matched:
         raise ApiError(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
-    return hashlib.sha256(key.encode()).hexdigest()[:24]
+    owner = hashlib.sha256(key.encode()).hexdigest()[:24]
+    if settings.rate_limit_per_minute:
+        wait = fairness.rate_limited(request.app.state.queue.connection, owner,
+                                     settings.rate_limit_per_minute)
+        if wait is not None:
+            raise ApiError(429, f"rate limit of {settings.rate_limit_per_minute} requests per "
+                                f"minute per API key reached; retry in {wait} s",
+                           headers={"Retry-After": str(wait)})
+    return owner
 
 
 def job_queue(request: Request) -> JobQueue:

@@ -18,6 +18,7 @@ from fastapi import Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from jobs import fairness
 from jobs.contract import EditJob
 from jobs.queue import JobQueue
 from jobs.rules import (
@@ -145,6 +146,18 @@ def new_edit(params: EditParameters, owner: str, size: tuple[int, int], has_mask
     """The job contract of an edit; options: EditJob's option fields (priority, webhook, batch)."""
     return EditJob(**params.model_dump(), **options, id=uuid.uuid4().hex, owner=owner,
                    created_at=datetime.now(UTC), width=size[0], height=size[1], has_mask=has_mask)
+
+
+def ensure_key_room(queue: JobQueue, settings: Settings, owner: str, count: int = 1) -> None:
+    """429 with Retry-After when the key already has its limit of jobs waiting or running."""
+    limit = settings.max_jobs_per_key
+    if not limit:
+        return
+    in_flight = fairness.jobs_in_flight(queue.connection, owner, limit)
+    if in_flight + count > limit:
+        raise ApiError(429, f"limit of {limit} jobs waiting or running per API key reached "
+                            f"({in_flight} now); retry later",
+                       headers={"Retry-After": str(settings.retry_after_s)})
 
 
 def ensure_room(queue: JobQueue, settings: Settings, model: str, priority: str,

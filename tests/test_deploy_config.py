@@ -525,13 +525,15 @@ def test_k8s_workers_shut_down_warm_and_scale_on_their_queues(rendered, variant:
     else:
         assert "nvidia.com/gpu" not in json.dumps(documents) and "tolerations" not in pod
         assert env["SDEDIT_DEVICE"] == "cpu" and container["image"].startswith("sdedit-worker-cpu:")
-    # KEDA: one redis trigger per model queue (RQ's list rq:queue:sdedit:<model>), 0..N, activation.
+    # KEDA: one redis trigger per model queue (RQ's lists rq:queue:sdedit:<model> and
+    # rq:queue:sdedit:<model>@batch), 0..N, activation.
     scaled = by_kind(documents, "ScaledObject")["sdedit-worker"]["spec"]
     assert scaled["scaleTargetRef"]["name"] == "sdedit-worker"
     assert scaled["minReplicaCount"] == 0 and scaled["maxReplicaCount"] >= 1
     models = json.loads(config["SDEDIT_MODELS"])
     triggers = scaled["triggers"]
-    assert {t["metadata"]["listName"] for t in triggers} == {f"rq:queue:sdedit:{m}" for m in models}
+    assert {t["metadata"]["listName"] for t in triggers} == {
+        f"rq:queue:sdedit:{m}{suffix}" for m in models for suffix in ("", "@batch")}
     assert "rq:queue:sdedit:emoji" in {t["metadata"]["listName"] for t in triggers}
     services = by_kind(documents, "Service")
     redis_service = services["sdedit-redis"]

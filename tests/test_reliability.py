@@ -43,3 +43,12 @@ def test_a_burst_beyond_the_queue_limit_gets_429s_and_every_accepted_job_ends(vp
     assert 60 <= figures["accepted"] < 120 and figures["refused_429"] == 120 - figures["accepted"]
     assert figures["refused_otherwise"] == 0
     assert figures["finished"] == figures["accepted"] and figures["lost"] == figures["stuck"] == 0
+
+
+def test_one_keys_backlog_delays_another_keys_single_job_by_about_one_job(vp_dir, tmp_path):
+    figures = reliability.fairness(tmp_path, str(vp_dir), jobs=40, steps=200)
+    assert figures["single_job_queue_position"] <= 1
+    assert figures["backlog_queued_when_it_arrived"] >= 20
+    # Of the backlog still queued, at most what the worker admits in one round (its room of
+    # SDEDIT_MAX_SAMPLES slots) ends before it: not the whole backlog.
+    assert figures["of_those_ended_before_it"] <= 8

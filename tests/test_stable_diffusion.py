@@ -303,3 +303,21 @@ def test_network_dtype_setting():
     assert network_dtype("bfloat16", "cpu") == torch.bfloat16
     with pytest.raises(ModelLoadError, match="unknown dtype"):
         network_dtype("float8", "cpu")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"in_channels": 9}, "an inpainting UNet is not supported"),
+    ({"addition_embed_type": "text_time"}, "not a Stable Diffusion 1.x / 2.x UNet"),
+])
+def test_unsupported_stable_diffusion_unets_are_refused_with_a_message(sd_dir, tmp_path, change,
+                                                                       message):
+    import json
+    import shutil
+
+    from models.loader import ModelLoadError
+
+    folder = shutil.copytree(sd_dir, tmp_path / "sd")
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    (folder / "unet" / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(ModelLoadError, match=message):
+        load_model(str(folder))

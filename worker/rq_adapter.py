@@ -36,6 +36,7 @@ from rq.serializers import JSONSerializer
 from rq.suspension import is_suspended
 from rq.worker import SimpleWorker
 
+from jobs import fairness
 from jobs.connection import OUTAGE
 from jobs.contract import PRIORITIES, EditJob, model_of_queue, priority_of_queue
 from jobs.queue import JobQueue, edit_of, fetch, oldest_wait, rq_queue
@@ -218,6 +219,7 @@ class BatchWorker(SimpleWorker):
     def _start(self, job: Job, queue: Queue) -> None:
         execution = self.prepare_execution(job)
         self.prepare_job_execution(job, remove_from_intermediate_queue=True)
+        fairness.taken(self.connection, queue.key, job.id)  # the queue's fair order moves on
         with self.lock:
             self.running[job.id] = Running(job, queue, execution, time.monotonic())
             metrics.ACTIVE_JOBS.set(len(self.running))

@@ -19,7 +19,7 @@ from service.errors import ERROR_RESPONSES, ApiError
 from service.idempotency import Idempotent
 from service.options import edit_fields, parse_options
 from service.schemas import BatchAccepted, BatchStatus, Deliveries
-from service.submission import ensure_room, new_edit
+from service.submission import ensure_key_room, ensure_room, new_edit
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=ERROR_RESPONSES)
 
@@ -61,6 +61,7 @@ async def submit(request: Request, owner: Caller, queue: QueueDep, settings: Set
     with Idempotent(request, idempotency, owner, "batches", parsed) as once:
         if once.replay is not None:
             return once.replay
+        ensure_key_room(queue, settings, owner, len(lines))
         models = Counter(line.params.model for line in lines)
         for model, count in models.items():
             ensure_room(queue, settings, model, options.priority, count)

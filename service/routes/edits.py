@@ -17,6 +17,7 @@ from service.options import edit_fields, parse_options, split_options
 from service.schemas import Accepted, Cancellation, EditStatus
 from service.submission import (
     check_images,
+    ensure_key_room,
     ensure_room,
     new_edit,
     parse_parameters,
@@ -85,6 +86,7 @@ async def submit(request: Request, owner: Caller, queue: QueueDep, settings: Set
     with Idempotent(request, idempotency, owner, "edits", parsed) as once:
         if once.replay is not None:
             return once.replay
+        ensure_key_room(queue, settings, owner)
         ensure_room(queue, settings, params.model, options.priority)
         edit = new_edit(params, owner, size, submission.mask is not None, **edit_fields(options))
         body = Accepted.model_validate({"id": edit.id, "status": "queued",
