@@ -43,18 +43,18 @@ def main() -> int:
     print(f"SD 1.5 configuration, random weights, {args.dtype}, 512 px, "
           f"{torch.cuda.get_device_name()}; built in {time.perf_counter() - start:.1f} s",
           flush=True)
-    warm = workload(2, args.steps, seed=99, size=512)
+    warm = workload(2, args.steps, seed=99, size=model.resolution)
     run_ours(model, warm, together=True)
     run_diffusers(pipe, warm[:1])
     print("| batch | DDIM steps | step-level (ours) | one at a time (ours) | one at a time "
           "(diffusers) | step-level vs diffusers |")
     print("|---|---|---|---|---|---|")
     for batch in args.batches:
-        jobs = workload(batch, args.steps, seed=batch, size=512)
+        jobs = workload(batch, args.steps, seed=batch, size=model.resolution)
         steps = sum(strength_to_t0(j["strength"], j["steps"])[1] for j in jobs)
-        t_batched = run_ours(model, jobs, together=True)[0]
-        t_alone = run_ours(model, jobs, together=False)[0]
-        t_diffusers = run_diffusers(pipe, jobs)[0]
+        t_batched = run_ours(model, jobs, together=True)[0][0]  # wall seconds
+        t_alone = run_ours(model, jobs, together=False)[0][0]
+        t_diffusers = run_diffusers(pipe, jobs)[0][0]
         print(f"| {batch} | {steps} | {batch / t_batched:.2f} img/s | {batch / t_alone:.2f} img/s "
               f"| {batch / t_diffusers:.2f} img/s | {t_diffusers / t_batched:.2f}x |", flush=True)
     print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")

@@ -29,7 +29,18 @@ def run(args: argparse.Namespace) -> int:
 
         from service.app import create_app
 
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+        if settings.api_workers > 1:
+            if not settings.redis_url:
+                print("sdedit: error: SDEDIT_API_WORKERS > 1 needs SDEDIT_REDIS_URL (the embedded "
+                      "Redis belongs to one process; `sdedit up` passes its URL on)",
+                      file=sys.stderr)
+                return 2
+            # Each worker process builds its own app from the same SDEDIT_* environment.
+            uvicorn.run("service.app:create_app", factory=True, workers=settings.api_workers,
+                        host=settings.host, port=settings.port, access_log=settings.access_log)
+            return 0
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                    access_log=settings.access_log)
         return 0
     if args.part == "worker":
         from jobs.connection import connect

@@ -44,6 +44,7 @@ from jobs.settings import Settings
 from jobs.webhooks import WebhookStore
 
 TASK = "worker.tasks.run_edit"
+SPEC_CACHE_S = 2.0
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # what RQ accepts as a job id (ours are uuid4 hex)
 TERMINAL = ENDED_STATES  # finished, failed, canceled
 EXPIRY_RECHECK_S = 60  # an expired batch with requests still running is looked at again after
@@ -119,6 +120,7 @@ class JobQueue:
         self.settings = settings
         # One Queue object per queue: RQ caches the server version on it (a round trip saved).
         self._queues: dict[tuple[str, str], Queue] = {}
+        self._specs: dict[str, tuple[float, ModelSpec]] = {}
         self.webhooks = WebhookStore(connection, settings)
         self.batches = BatchStore(connection, settings, self.webhooks)
         # Running edits that asked for edit.progress events, with the time of the last one.
@@ -270,8 +272,16 @@ class JobQueue:
         return self.connection.get(result_key(job_id, index))
 
     def model_spec(self, model: str) -> ModelSpec | None:
+        """The spec its workers published; a found one is kept SPEC_CACHE_S in this process (a
+        submit then checks its rules without a Redis round trip; specs change on redeploys)."""
+        cached = self._specs.get(model)
+        if cached is not None and time.monotonic() - cached[0] < SPEC_CACHE_S:
+            return cached[1]
         raw = self.connection.get(model_spec_key(model))
-        return ModelSpec.model_validate_json(raw) if raw else None
+        spec = ModelSpec.model_validate_json(raw) if raw else None
+        if spec is not None:
+            self._specs[model] = (time.monotonic(), spec)
+        return spec
 
     def alive(self, models: list[str]) -> dict[str, bool]:
         flags = self.connection.mget([model_alive_key(m) for m in models]) if models else []

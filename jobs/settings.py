@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(
         [], description="origins allowed to call the API from a browser (CORS); none by default")
     host: str = Field("127.0.0.1", description="API bind address")
+    api_workers: int = Field(1, ge=1, description="API processes (uvicorn workers) on the port; "
+                                                  "more than 1 needs SDEDIT_REDIS_URL")
+    access_log: bool = Field(True, description="API: log one line per request")
     port: int = Field(8000, description="API port")
     idempotency_ttl_s: int = Field(24 * 3600, gt=0,
                                    description="how long an Idempotency-Key and its response are "

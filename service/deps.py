@@ -11,13 +11,21 @@ from fastapi import Depends, Request
 from jobs import fairness
 from jobs.idempotency import IdempotencyStore
 from jobs.queue import JobQueue
-from jobs.settings import Settings, get_settings
+from jobs.settings import Settings
 from jobs.webhooks import WebhookStore
 from service.errors import ApiError
 from service.metrics import ApiMetrics
 
+# Every dependency is `async def` on purpose: FastAPI runs a plain `def` dependency in a thread
+# pool, and these are all cheap; a thread hop per dependency per request cost more than they do.
 
-def caller(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> str:
+
+async def app_settings(request: Request) -> Settings:
+    """The settings the app was created with (one object per process)."""
+    return request.app.state.settings
+
+
+async def caller(request: Request, settings: Annotated[Settings, Depends(app_settings)]) -> str:
     """The caller's identity: a hash of its API key, or 'public' when auth is off."""
     if settings.auth_disabled:
         return "public"
@@ -44,24 +52,25 @@ def caller(request: Request, settings: Annotated[Settings, Depends(get_settings)
     return owner
 
 
-def job_queue(request: Request) -> JobQueue:
+async def job_queue(request: Request) -> JobQueue:
     return request.app.state.queue
 
 
-def api_metrics(request: Request) -> ApiMetrics:
+async def api_metrics(request: Request) -> ApiMetrics:
     return request.app.state.metrics
 
 
-def idempotency_store(request: Request,
-                      settings: Annotated[Settings, Depends(get_settings)]) -> IdempotencyStore:
+async def idempotency_store(request: Request,
+                            settings: Annotated[Settings, Depends(app_settings)]
+                            ) -> IdempotencyStore:
     return IdempotencyStore(request.app.state.queue.connection, settings.idempotency_ttl_s)
 
 
-def webhook_store(request: Request) -> WebhookStore:
+async def webhook_store(request: Request) -> WebhookStore:
     return request.app.state.queue.webhooks
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(app_settings)]
 Caller = Annotated[str, Depends(caller)]
 QueueDep = Annotated[JobQueue, Depends(job_queue)]
 MetricsDep = Annotated[ApiMetrics, Depends(api_metrics)]

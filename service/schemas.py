@@ -108,7 +108,9 @@ class BatchStatus(BaseModel):
 
 class WebhookSecret(BaseModel):
     model_config = ConfigDict(json_schema_extra={"example": {
-        "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "previous_valid_until": None}})
+        # bandit B105: a made-up example for the OpenAPI schema, valid nowhere.
+        "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",  # nosec B105
+        "previous_valid_until": None}})
 
     secret: str = Field(description="verify webhook-signature with it (Standard Webhooks)")
     previous_valid_until: str | None = Field(

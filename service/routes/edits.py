@@ -78,7 +78,9 @@ async def submit(request: Request, owner: Caller, queue: QueueDep, settings: Set
     submission = await read_submission(request, settings)
     fields, raw_options = split_options(submission.fields)
     params = parse_parameters(fields, submission.mask is not None, settings, queue)
-    options = await run_in_threadpool(parse_options, raw_options, settings)
+    # A webhook URL is resolved (DNS) to refuse internal addresses: off the event loop.
+    options = (await run_in_threadpool(parse_options, raw_options, settings)
+               if raw_options.get("webhook_url") else parse_options(raw_options, settings))
     size = check_images(submission, settings)
     parsed = {"parameters": params.model_dump(mode="json"),
               "options": options.model_dump(mode="json"),
