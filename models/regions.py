@@ -63,8 +63,7 @@ from models.imageio import (
     prepare_mask,
     to_image,
 )
-from models.network import ScoreModel
-from models.sdedit import sdedit
+from models.sdedit import Model, sdedit
 
 # (left, top, right, bottom) with right and bottom exclusive: PIL's crop box.
 Box = tuple[int, int, int, int]
@@ -488,14 +487,16 @@ def plan_edit(image: Image.Image, mask: Image.Image | None, resolution: int, cha
     return EditPlan(guide, model_mask, whole)
 
 
-def edit_regions(model: ScoreModel, image: Image.Image, mask: Image.Image, *, t0: float = 0.5,
+def edit_regions(model: Model, image: Image.Image, mask: Image.Image, *, t0: float = 0.5,
                  steps: int | None = None, sampler: str | None = None, eta: float = 0.0,
                  repeats: int = 1, samples: int = 1, seed: int = 0, padding: float | None = None,
-                 feather: int = DEFAULT_FEATHER, max_regions: int = MAX_REGIONS) -> list[Image.Image]:
+                 feather: int = DEFAULT_FEATHER, max_regions: int = MAX_REGIONS,
+                 **text: str | float | None) -> list[Image.Image]:
     """A masked edit at the input's resolution, in process: one output image per sample.
 
     All regions of all samples run as one batch (regions share forwards). Region b, sample k
-    uses seed + b * samples + k, as sdedit() numbers its outputs.
+    uses seed + b * samples + k, as sdedit() numbers its outputs. `text`: prompt,
+    negative_prompt, guidance_scale for text-guided models (as sdedit() takes them).
     """
     if not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be a positive integer, got {samples!r}")
@@ -504,5 +505,5 @@ def edit_regions(model: ScoreModel, image: Image.Image, mask: Image.Image, *, t0
     if not len(plan.guides):
         return plan.finish([])
     edited = sdedit(model, plan.guides, plan.masks, t0=t0, steps=steps, sampler=sampler, eta=eta,
-                    repeats=repeats, samples=samples, seed=seed)
+                    repeats=repeats, samples=samples, seed=seed, **text)
     return plan.finish(list(edited))

@@ -106,11 +106,13 @@ class BatchStatus(BaseModel):
     links: BatchLinks
 
 
+# bandit B105: a made-up example for the OpenAPI schema, valid nowhere.
+EXAMPLE_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # nosec B105
+
+
 class WebhookSecret(BaseModel):
     model_config = ConfigDict(json_schema_extra={"example": {
-        # bandit B105: a made-up example for the OpenAPI schema, valid nowhere.
-        "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",  # nosec B105
-        "previous_valid_until": None}})
+        "secret": EXAMPLE_SECRET, "previous_valid_until": None}})
 
     secret: str = Field(description="verify webhook-signature with it (Standard Webhooks)")
     previous_valid_until: str | None = Field(

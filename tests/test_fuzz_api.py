@@ -22,7 +22,7 @@ def test_schemathesis_finds_no_failure(running_service, with_key, tmp_path):
     url, _ = running_service
     command = [str(Path(sys.executable).with_name("schemathesis")), "run", f"{url}/openapi.json",
                "--checks", CHECKS, "--max-examples", str(EXAMPLES), "--workers", "1",
-               "--phases", "examples,coverage,fuzzing", "--seed", "1",
+               "--phases", "examples,coverage,fuzzing", "--seed", "1", "--request-timeout", "30",
                "--report", "junit", "--report-dir", str(tmp_path)]
     if with_key:
         command += ["--header", f"Authorization: Bearer {KEY}"]

@@ -28,7 +28,10 @@ def page(running_service, tmp_path: Path):
     url, _ = running_service
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        # Playwright evaluates its checks as strings, which the painter's Content-Security-Policy
+        # forbids (no 'unsafe-eval'): the harness bypasses it. The painter itself runs under
+        # the CSP in tests/test_painter_firefox.py.
+        page = browser.new_page(viewport={"width": 1280, "height": 800}, bypass_csp=True)
         page.goto(url)
         page.wait_for_function("document.querySelector('#model').options.length > 0 && "
                                "document.querySelector('#base').width === 16")

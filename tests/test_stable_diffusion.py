@@ -321,3 +321,24 @@ def test_unsupported_stable_diffusion_unets_are_refused_with_a_message(sd_dir, t
     (folder / "unet" / "config.json").write_text(json.dumps({**config, **change}))
     with pytest.raises(ModelLoadError, match=message):
         load_model(str(folder))
+
+
+def test_the_cli_edits_with_a_prompt_and_refuses_one_for_a_pixel_model(sd_dir, vp_dir, tmp_path,
+                                                                        capsys):
+    from PIL import Image
+
+    from cli.main import main
+
+    guide = tmp_path / "guide.png"
+    Image.new("RGB", (96, 80), (40, 90, 200)).save(guide)
+    out = tmp_path / "out"
+    assert main(["edit", str(guide), "--model", str(sd_dir), "--t0", "0.4", "--steps", "2",
+                 "--prompt", PROMPT, "--negative-prompt", "blurry", "--guidance-scale", "5",
+                 "--dtype", "float32", "-n", "2", "-o", str(out)]) == 0
+    for k in range(2):
+        with Image.open(out / f"guide-{k}.png") as image:
+            assert image.size == (64, 64)
+    capsys.readouterr()
+    assert main(["edit", str(guide), "--model", str(vp_dir), "--prompt", PROMPT,
+                 "-o", str(out)]) == 2
+    assert "prompt: this model takes no text" in capsys.readouterr().err

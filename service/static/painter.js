@@ -382,7 +382,8 @@ async function loadModels() {
   for (const m of models) {
     const option = document.createElement("option");
     option.value = m.name;
-    option.textContent = m.available ? `${m.name} (${m.resolution} px, ${m.family})`
+    option.textContent = m.available
+      ? `${m.name} (${m.resolution} px, ${m.family}${m.text ? ", text-guided" : ""})`
       : `${m.name} (no worker yet)`;
     select.append(option);
   }
