@@ -7,7 +7,7 @@ docs/results/reliability.md. CI runs each at a small size (tests/test_reliabilit
 full sizes are one command each:
 
     python -m bench.reliability redis-restart --jobs 200 --write
-    python -m bench.reliability killed-workers --jobs 60 --kills 20 --write
+    python -m bench.reliability killed-workers --jobs 60 --kills 20 --steps 1000 --write
     python -m bench.reliability killed-api --submissions 2000 --write
     python -m bench.reliability burst --submissions 10000 --clients 32 --queue-limit 8000 --write
     python -m bench.reliability fairness --jobs 1000 --write
@@ -23,6 +23,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -143,6 +144,7 @@ def killed_workers(folder: Path, model: str, jobs: int = 30, kills: int = 3, ste
     try:
         cluster.start_redis()
         _, url = cluster.start_api()
+        cluster.start_worker()  # a steady worker beside the one that is killed
         victim, victim_port = cluster.start_worker()
         client = httpx.Client(base_url=url, timeout=30)
         until(lambda: client.get("/readyz").status_code == 200, 120, "a live worker")
@@ -152,8 +154,15 @@ def killed_workers(folder: Path, model: str, jobs: int = 30, kills: int = 3, ste
         killed_running = 0
         for _ in range(kills):
             port = victim_port
-            until(lambda: metric(port, "sdedit_worker_active_jobs") > 0, 120,  # noqa: B023
-                  "the worker to run a batch")
+
+            def busy_or_all_done() -> str | None:
+                if metric(port, "sdedit_worker_active_jobs") > 0:  # noqa: B023
+                    return "busy"
+                ended = [st for st in statuses(client, ids).values() if st["status"] in TERMINAL]
+                return "done" if len(ended) == len(ids) else None
+
+            if until(busy_or_all_done, 300, "the worker to run a batch") == "done":
+                break  # every job ended before all the kills were spent
             time.sleep(rng.uniform(0.0, 1.0))  # a random moment of that batch
             killed_running += int(metric(victim_port, "sdedit_worker_active_jobs"))
             victim.kill()
@@ -161,7 +170,9 @@ def killed_workers(folder: Path, model: str, jobs: int = 30, kills: int = 3, ste
             victim, victim_port = cluster.start_worker()
         final = wait_terminal(client, ids, timeout=120 + jobs * steps / 10)
         counts = outcome_counts(final)
-        reasons = sorted({s.get("error") or "" for s in final.values() if s["status"] == "failed"})
+        # Reasons by kind (RQ's messages carry a timestamp each).
+        reasons = dict(Counter(re.sub(r", at .*", "", s.get("error") or "")
+                               for s in final.values() if s["status"] == "failed"))
         connection = cluster.connection()
         retried = {i for i in ids if connection.hget(f"rq:job:{i}", "retries_left") == b"0"}
         affected = [latency_s(final[i]) for i in retried if latency_s(final[i])]
@@ -180,7 +191,7 @@ def killed_workers(folder: Path, model: str, jobs: int = 30, kills: int = 3, ste
 
 
 def killed_api(folder: Path, model: str, submissions: int = 200, clients: int = 8,
-               kill_after: float = 0.5) -> dict[str, Any]:
+               kill_after: float = 2.0) -> dict[str, Any]:
     """SIGKILL the API during submissions: every job is in Redis with its inputs, or absent."""
     name = model_entry(model)[0]  # what clients ask for (a folder entry is named by its base name)
     cluster = Cluster(folder, [model], {"SDEDIT_MAX_QUEUE_DEPTH": str(10 * submissions)})
@@ -337,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--submissions", type=int)
     parser.add_argument("--clients", type=int)
     parser.add_argument("--queue-limit", type=int, dest="queue_limit")
+    parser.add_argument("--kill-after", type=float, dest="kill_after")
     parser.add_argument("--write", action="store_true", help="put the figures in " + str(RESULTS))
     args = parser.parse_args(argv)
     options = {k: v for k, v in vars(args).items()

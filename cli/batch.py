@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from cli.edit import parameter_arguments, parameters
+from cli.submit import report_errors
 from jobs.contract import BATCH_EVENTS, EDIT_EVENTS
 from jobs.rules import OUTPUT_FORMATS, PARAMETER_FIELDS
 
@@ -82,9 +83,7 @@ def _image_bytes(value: str, folder: Path, where: str) -> bytes:
 
 
 def run(args: argparse.Namespace) -> int:
-    import httpx
-
-    from service.client import SDEditClient, ServiceError
+    from service.client import SDEditClient
 
     try:
         if args.source.is_dir():
@@ -102,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     defaults = {k: getattr(args, k) for k in PARAMETER_FIELDS if getattr(args, k, None) is not None}
     requests = [{**defaults, **request} for request in requests]
-    try:
+
+    def talk() -> int:
         with SDEditClient(args.url, args.api_key) as client:
             batch = client.submit_batch(requests, idempotency_key=args.idempotency_key,
                                         priority=args.priority, webhook_url=args.webhook_url,
@@ -119,10 +119,6 @@ def run(args: argparse.Namespace) -> int:
                       f"{counts['canceled']} canceled (see {args.out / 'results.jsonl'})",
                       file=sys.stderr)
                 return 1
-    except ServiceError as exc:
-        print(f"sdedit: error: {exc.message} (HTTP {exc.status})", file=sys.stderr)
-        return 2
-    except httpx.TransportError as exc:
-        print(f"sdedit: error: cannot reach {args.url}: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return report_errors(args.url, talk)

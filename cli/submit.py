@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from cli.edit import parameter_arguments, parameters
@@ -23,10 +24,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--out", type=Path, default=Path("."), help="output folder (with --wait)")
 
 
-def run(args: argparse.Namespace) -> int:
+def report_errors(url: str, talk: Callable[[], int]) -> int:
+    """Run a conversation with the service; its error answers and an unreachable service become
+    one line on stderr and exit code 2."""
     import httpx
 
-    from service.client import SDEditClient, ServiceError
+    from service.client import ServiceError
+
+    try:
+        return talk()
+    except ServiceError as exc:
+        print(f"sdedit: error: {exc.message} (HTTP {exc.status})", file=sys.stderr)
+        return 2
+    except httpx.TransportError as exc:
+        print(f"sdedit: error: cannot reach {url}: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    from service.client import SDEditClient
 
     for path in (args.guide, args.mask):
         if path is not None and not path.is_file():
@@ -42,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
                                             "seed", "model", "output_format", "region",
                                             "output_size", "padding", "feather", "prompt",
                                             "negative_prompt", "guidance_scale")}
-    try:
+
+    def talk() -> int:
         with SDEditClient(args.url, args.api_key) as client:
             job_id = client.submit(args.guide, args.mask, **params)
             print(job_id)
@@ -55,10 +72,6 @@ def run(args: argparse.Namespace) -> int:
                 return 1
             for path in client.download(job_id, args.out, args.guide.stem):
                 print(path)
-    except ServiceError as exc:
-        print(f"sdedit: error: {exc.message} (HTTP {exc.status})", file=sys.stderr)
-        return 2
-    except httpx.TransportError as exc:
-        print(f"sdedit: error: cannot reach {args.url}: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return report_errors(args.url, talk)

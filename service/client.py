@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,24 +76,14 @@ class SDEditClient:
     def wait(self, job_id: str, poll: float = 0.5, timeout: float | None = None,
              progress: bool = True) -> dict[str, Any]:
         """Poll until the job ends; shows a progress bar of its sampler steps."""
-        from tqdm import tqdm
 
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with tqdm(total=1, desc=job_id[:8], unit="step", disable=not progress,
-                  dynamic_ncols=True) as bar:
-            while True:
-                state = self.status(job_id)
-                step, total = state["progress"]["step"], state["progress"]["total"]
-                if total:
-                    bar.total = total
-                    bar.update(step - bar.n)
-                bar.set_postfix_str(state["status"] if state["position"] is None
-                                    else f"queued #{state['position'] + 1}")
-                if state["status"] in TERMINAL:
-                    return state
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"job {job_id} still {state['status']} after {timeout} s")
-                time.sleep(poll)
+        def shown(state: dict[str, Any]) -> tuple[int, int, str]:
+            where = (state["status"] if state["position"] is None
+                     else f"queued #{state['position'] + 1}")
+            return state["progress"]["step"], state["progress"]["total"], where
+
+        return _poll(lambda: self.status(job_id), shown, lambda s: s["status"] in TERMINAL,
+                     f"job {job_id}", job_id[:8], "step", poll, timeout, progress)
 
     def deliveries(self, job_id: str) -> list[dict[str, Any]]:
         """The webhook messages about an edit, with their delivery attempts."""
@@ -137,23 +128,15 @@ class SDEditClient:
     def wait_batch(self, batch_id: str, poll: float = 1.0, timeout: float | None = None,
                    progress: bool = True) -> dict[str, Any]:
         """Poll until the batch ends; shows a progress bar over its requests."""
-        from tqdm import tqdm
 
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with tqdm(total=1, desc=batch_id[:14], unit="request", disable=not progress,
-                  dynamic_ncols=True) as bar:
-            while True:
-                state = self.batch(batch_id)
-                counts = state["request_counts"]
-                bar.total = counts["total"]
-                bar.update(counts["finished"] + counts["failed"] + counts["canceled"] - bar.n)
-                bar.set_postfix_str(f"{state['status']}, {counts['failed']} failed")
-                if state["status"] in BATCH_FINAL:
-                    return state
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"batch {batch_id} still {state['status']} after "
-                                       f"{timeout} s")
-                time.sleep(poll)
+        def shown(state: dict[str, Any]) -> tuple[int, int, str]:
+            counts = state["request_counts"]
+            ended = counts["finished"] + counts["failed"] + counts["canceled"]
+            return ended, counts["total"], f"{state['status']}, {counts['failed']} failed"
+
+        return _poll(lambda: self.batch(batch_id), shown,
+                     lambda s: s["status"] in BATCH_FINAL, f"batch {batch_id}", batch_id[:14],
+                     "request", poll, timeout, progress)
 
     def download_batch(self, batch_id: str, out_dir: str | Path) -> list[Path]:
         """Save the images of every finished request as OUT_DIR/CUSTOM_ID-K.(png|webp) and all
@@ -198,3 +181,26 @@ def _read(source: bytes | str | Path) -> bytes:
 def _safe_name(custom_id: str) -> str:
     """A custom_id as a file name: path separators and other odd characters become '_'."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in custom_id).lstrip(".") or "_"
+
+
+def _poll(fetch: Callable[[], dict[str, Any]],
+          shown: Callable[[dict[str, Any]], tuple[int, int, str]],
+          ended: Callable[[dict[str, Any]], bool], what: str, desc: str, unit: str,
+          poll: float, timeout: float | None, progress: bool) -> dict[str, Any]:
+    """Fetch a state until it has ended, with a progress bar of (done, total, note)."""
+    from tqdm import tqdm
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with tqdm(total=1, desc=desc, unit=unit, disable=not progress, dynamic_ncols=True) as bar:
+        while True:
+            state = fetch()
+            done, total, note = shown(state)
+            if total:
+                bar.total = total
+                bar.update(done - bar.n)
+            bar.set_postfix_str(note)
+            if ended(state):
+                return state
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{what} still {state['status']} after {timeout} s")
+            time.sleep(poll)

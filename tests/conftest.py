@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -107,37 +108,89 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextlib.contextmanager
+def sdedit_up(models: list[str], folder: Path, timeout: float = 90, **settings: str):
+    """`sdedit up` as a user runs it, in `folder`: yields (url, process) once ready, then stops it
+    as a user would (Ctrl-C) and makes sure nothing of it is left."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SDEDIT_")}
+    env.update({"SDEDIT_MODELS": json.dumps(models), "SDEDIT_PORT": str(port),
+                "SDEDIT_DATA_DIR": str(folder / "data"), "SDEDIT_METRICS_PORT": "0",
+                "OMP_NUM_THREADS": "1", **settings})
+    # Output to a file, not a pipe: a pipe nobody reads fills up (64 KiB of access log) and
+    # then blocks the API's event loop on its next log line.
+    log = folder / "sdedit-up.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "cli", "up"], env=env, cwd=folder,
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    process.log = log  # tests read what it printed here
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            assert process.poll() is None, log.read_text()
+            time.sleep(0.3)
+        else:
+            process.kill()
+            pytest.fail("sdedit up did not become ready: " + log.read_text())
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 @pytest.fixture()
 def running_service(vp_dir: Path, tmp_path: Path, request: pytest.FixtureRequest):
     """`sdedit up` with the tiny model; indirect parameters add SDEDIT_* settings."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SDEDIT_")}
-    env.update({"SDEDIT_MODELS": f'["{vp_dir}"]', "SDEDIT_PORT": str(port),
-                "SDEDIT_DATA_DIR": str(tmp_path / "data"), "SDEDIT_METRICS_PORT": "0",
-                "OMP_NUM_THREADS": "1", **getattr(request, "param", {})})
-    process = subprocess.Popen([sys.executable, "-m", "cli", "up"], env=env, cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None, process.stdout.read()
-        time.sleep(0.3)
-    else:
-        process.kill()
-        pytest.fail("sdedit up did not become ready: " + process.stdout.read())
-    yield url, process
-    if process.poll() is None:  # stop it as a user would, then make sure nothing is left
-        process.send_signal(signal.SIGINT)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.communicate(timeout=30)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    with sdedit_up([str(vp_dir)], tmp_path, **getattr(request, "param", {})) as running:
+        yield running
 
 
+def api_client(settings, key: str | None = None):
+    """The API on `settings` (an embedded Redis under its data_dir) as a TestClient, sending
+    `key`; a test module's `service` fixture yields from it, and the fixtures below use it."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    with TestClient(create_app(settings)) as client:
+        if key is not None:
+            client.headers["Authorization"] = f"Bearer {key}"
+        yield client, settings
+
+
+@pytest.fixture()
+def client(service):
+    """The module's API client, on an empty Redis."""
+    client, _ = service
+    client.app.state.queue.connection.flushall()
+    return client
+
+
+@pytest.fixture()
+def settings(service):
+    return service[1]
+
+
+@pytest.fixture(scope="module")
+def runner(service):
+    """A worker's engine on the same Redis, driven in-process (burst) by the tests."""
+    from worker.main import EditRunner, build_engine
+
+    client, settings = service
+    return EditRunner(build_engine(settings), client.app.state.queue, settings)
+
+
+def run_worker(runner, settings) -> None:
+    """Run every queued job to its end with an in-process worker (RQ burst mode)."""
+    from worker.rq_adapter import BatchWorker
+
+    BatchWorker(settings.models, runner, connection=runner.queue.connection).work(burst=True)

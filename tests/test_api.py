@@ -13,6 +13,7 @@ from PIL import Image
 from jobs.queue import JobQueue
 from jobs.settings import Settings
 from service.app import create_app
+from tests.conftest import api_client, run_worker
 
 KEY, OTHER_KEY = "key-alice", "key-bob"
 
@@ -29,37 +30,8 @@ def service(vp_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     settings = Settings(data_dir=tmp_path_factory.mktemp("redis"), models=[str(vp_dir)],
                         api_keys=[KEY, OTHER_KEY], max_samples=4, max_batch=8,
                         max_upload_bytes=200_000, max_pixels=1000 * 1000, max_queue_depth=5)
-    with TestClient(create_app(settings)) as client:
-        client.headers["Authorization"] = f"Bearer {KEY}"
-        yield client, settings
+    yield from api_client(settings, KEY)
 
-
-
-@pytest.fixture()
-def client(service):
-    client, settings = service
-    client.app.state.queue.connection.flushall()
-    return client
-
-
-@pytest.fixture()
-def settings(service):
-    return service[1]
-
-
-@pytest.fixture(scope="module")
-def runner(service):
-    """A worker's engine on the same Redis, driven in-process (burst) by the tests."""
-    from worker.main import EditRunner, build_engine
-
-    client, settings = service
-    return EditRunner(build_engine(settings), client.app.state.queue, settings)
-
-
-def run_worker(runner, settings) -> None:
-    from worker.rq_adapter import BatchWorker
-
-    BatchWorker(settings.models, runner, connection=runner.queue.connection).work(burst=True)
 
 
 def submit(client, settings, **fields):

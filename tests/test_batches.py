@@ -10,14 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 from standardwebhooks import Webhook
 
 from cli.main import main as cli_main
 from jobs.settings import Settings
-from service.app import create_app
 from service.client import SDEditClient
+from tests.conftest import api_client, run_worker
 from tests.test_webhooks import Receiver
 
 KEY, OTHER_KEY = "key-alice", "key-bob"
@@ -38,35 +37,7 @@ def service(vp_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     settings = Settings(data_dir=tmp_path_factory.mktemp("redis"), models=[str(vp_dir)],
                         api_keys=[KEY, OTHER_KEY], max_batch_requests=4, max_batch_bytes=20_000,
                         batch_window_s=2, metrics_port=0)
-    with TestClient(create_app(settings)) as client:
-        client.headers["Authorization"] = f"Bearer {KEY}"
-        yield client, settings
-
-
-@pytest.fixture()
-def client(service):
-    client, _ = service
-    client.app.state.queue.connection.flushall()
-    return client
-
-
-@pytest.fixture()
-def settings(service):
-    return service[1]
-
-
-@pytest.fixture(scope="module")
-def runner(service):
-    from worker.main import EditRunner, build_engine
-
-    client, settings = service
-    return EditRunner(build_engine(settings), client.app.state.queue, settings)
-
-
-def run_worker(runner, settings) -> None:
-    from worker.rq_adapter import BatchWorker
-
-    BatchWorker(settings.models, runner, connection=runner.queue.connection).work(burst=True)
+    yield from api_client(settings, KEY)
 
 
 def line(settings, custom_id: str, **fields) -> dict:

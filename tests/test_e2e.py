@@ -41,7 +41,8 @@ def test_up_serves_edits_and_stops_cleanly_on_ctrl_c(running_service, vp_dir, tm
         "(HTTP 422)\n")
 
     process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=60)
+    process.wait(timeout=60)
+    output = process.log.read_text()
     assert process.returncode == 0, output
     assert "auth is OFF" in output and "embedded Redis" in output
     with pytest.raises(httpx.TransportError):

@@ -21,7 +21,7 @@ from jobs.connection import connect, socket_url, stop_embedded
 from jobs.queue import JobQueue
 from jobs.settings import Settings
 from service.app import create_app
-from tests.conftest import free_port
+from tests.conftest import api_client, free_port
 
 KEY, OTHER_KEY = "key-alice", "key-bob"
 
@@ -36,21 +36,7 @@ def png(colour: tuple[int, int, int] = (200, 40, 40)) -> bytes:
 def service(vp_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     settings = Settings(data_dir=tmp_path_factory.mktemp("redis"), models=[str(vp_dir)],
                         api_keys=[KEY, OTHER_KEY], max_queue_depth=3, idempotency_ttl_s=3600)
-    with TestClient(create_app(settings)) as client:
-        client.headers["Authorization"] = f"Bearer {KEY}"
-        yield client, settings
-
-
-@pytest.fixture()
-def client(service):
-    client, _ = service
-    client.app.state.queue.connection.flushall()
-    return client
-
-
-@pytest.fixture()
-def settings(service):
-    return service[1]
+    yield from api_client(settings, KEY)
 
 
 def post(client, settings, key: str | bytes | None = "k-1", image: bytes | None = None, **fields):

@@ -4,20 +4,13 @@ what is typed in it reaches the API."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from bench.sd_configs import make_sd_folder
-from tests.conftest import free_port
+from tests.conftest import sdedit_up
 from tests.test_painter import ARGS, CHROMIUM, draw, results
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
@@ -26,33 +19,9 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not instal
 @pytest.fixture(scope="module")
 def text_service(vp_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     sd_dir = make_sd_folder(tmp_path_factory.mktemp("sd"))
-    folder = tmp_path_factory.mktemp("up")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SDEDIT_")}
-    env.update({"SDEDIT_MODELS": json.dumps([str(vp_dir), f"sd={sd_dir}"]),
-                "SDEDIT_PORT": str(port), "SDEDIT_DATA_DIR": str(folder / "data"),
-                "SDEDIT_METRICS_PORT": "0", "OMP_NUM_THREADS": "1"})
-    process = subprocess.Popen([sys.executable, "-m", "cli", "up"], env=env, cwd=folder,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                break
-        assert process.poll() is None, process.stdout.read()
-        time.sleep(0.3)
-    else:
-        process.kill()
-        pytest.fail("sdedit up did not become ready: " + process.stdout.read())
-    yield url
-    process.send_signal(signal.SIGINT)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.communicate(timeout=30)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    with sdedit_up([str(vp_dir), f"sd={sd_dir}"], tmp_path_factory.mktemp("up"),
+                   timeout=120) as (url, _):
+        yield url
 
 
 def test_the_prompt_box_appears_for_a_text_model_and_its_text_reaches_the_api(text_service,

@@ -9,14 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 from pydantic import ValidationError
 
 from jobs.contract import model_of_queue, priority_of_queue, queue_name
 from jobs.queue import fetch
 from jobs.settings import Settings
-from service.app import create_app
+from tests.conftest import api_client
 from worker.priorities import BatchShare
 
 
@@ -31,20 +30,7 @@ def service(vp_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     settings = Settings(data_dir=tmp_path_factory.mktemp("redis"), models=[str(vp_dir)],
                         auth_disabled=True, max_batch=2, max_samples=1, max_queue_depth=10,
                         max_batch_queue_depth=2, progress_interval_s=0.0, metrics_port=0)
-    with TestClient(create_app(settings)) as client:
-        yield client, settings
-
-
-@pytest.fixture()
-def client(service):
-    client, _ = service
-    client.app.state.queue.connection.flushall()
-    return client
-
-
-@pytest.fixture()
-def settings(service):
-    return service[1]
+    yield from api_client(settings)
 
 
 def submit(client, settings, **fields) -> str:

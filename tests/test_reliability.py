@@ -27,7 +27,7 @@ def test_killed_workers_lose_no_job(vp_dir, tmp_path):
     figures = reliability.killed_workers(tmp_path, str(vp_dir), jobs=8, kills=2, steps=300)
     assert figures["lost"] == figures["stuck"] == 0
     assert figures["finished"] + figures["failed"] == 8 and figures["kills"] == 2
-    assert all("Abandoned" in reason for reason in figures["failure_reasons"])
+    assert all("AbandonedJobError" in reason for reason in figures["failure_reasons"])
 
 
 def test_a_killed_api_leaves_no_half_created_job(vp_dir, tmp_path):

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from jobs.connection import socket_url
 from jobs.settings import Settings
 from jobs.webhooks import UrlRefused, resolve_webhook_url, signature_header
-from service.app import create_app
+from tests.conftest import api_client, run_worker
 
 # An answer of the receiver: status, headers, seconds to stall before answering.
 Answer = tuple[int, dict[str, str], float]
@@ -102,28 +101,7 @@ FAST = {"webhook_allow_hosts": ["127.0.0.1"], "webhook_timeout_s": 1.0,
 def service(vp_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     settings = Settings(data_dir=tmp_path_factory.mktemp("redis"), models=[str(vp_dir)],
                         auth_disabled=True, metrics_port=0, **FAST)
-    with TestClient(create_app(settings)) as client:
-        yield client, settings
-
-
-@pytest.fixture()
-def client(service):
-    client, _ = service
-    client.app.state.queue.connection.flushall()
-    return client
-
-
-@pytest.fixture()
-def settings(service):
-    return service[1]
-
-
-@pytest.fixture(scope="module")
-def runner(service):
-    from worker.main import EditRunner, build_engine
-
-    client, settings = service
-    return EditRunner(build_engine(settings), client.app.state.queue, settings)
+    yield from api_client(settings)
 
 
 @pytest.fixture()
@@ -137,12 +115,6 @@ def receiver():
     yield make
     for r in receivers:
         r.close()
-
-
-def run_worker(runner, settings) -> None:
-    from worker.rq_adapter import BatchWorker
-
-    BatchWorker(settings.models, runner, connection=runner.queue.connection).work(burst=True)
 
 
 def submit(client, settings, **fields) -> str:
