@@ -24,9 +24,9 @@ def test_a_redis_restart_under_load_loses_nothing_and_needs_no_restart(vp_dir, t
 
 
 def test_killed_workers_lose_no_job(vp_dir, tmp_path):
-    figures = reliability.killed_workers(tmp_path, str(vp_dir), jobs=8, kills=2, steps=300)
+    figures = reliability.killed_workers(tmp_path, str(vp_dir), jobs=24, kills=2, steps=300)
     assert figures["lost"] == figures["stuck"] == 0
-    assert figures["finished"] + figures["failed"] == 8 and figures["kills"] == 2
+    assert figures["finished"] + figures["failed"] == 24 and figures["kills"] == 2
     assert all("AbandonedJobError" in reason for reason in figures["failure_reasons"])
 
 
