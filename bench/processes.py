@@ -84,9 +84,6 @@ class Process:
         if self.popen is not None:
             self.popen.wait(timeout=30)
 
-    def tail(self, chars: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
-
 
 @dataclass
 class Cluster:
