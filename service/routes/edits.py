@@ -24,6 +24,7 @@ from service.submission import (
     read_submission,
 )
 
+LARGE_UPLOAD_BYTES = 256 * 1024
 MEDIA_TYPES = {"png": "image/png", "webp": "image/webp"}
 
 router = APIRouter(prefix="/v1/edits", tags=["edits"], responses=ERROR_RESPONSES)
@@ -81,7 +82,10 @@ async def submit(request: Request, owner: Caller, queue: QueueDep, settings: Set
     # A webhook URL is resolved (DNS) to refuse internal addresses: off the event loop.
     options = (await run_in_threadpool(parse_options, raw_options, settings)
                if raw_options.get("webhook_url") else parse_options(raw_options, settings))
-    size = check_images(submission, settings)
+    # Decoding a large photo takes tens of milliseconds or more: off the event loop (a small
+    # image decodes faster than a thread hop costs).
+    size = (await run_in_threadpool(check_images, submission, settings)
+            if len(submission.guide) > LARGE_UPLOAD_BYTES else check_images(submission, settings))
     parsed = {"parameters": params.model_dump(mode="json"),
               "options": options.model_dump(mode="json"),
               "image": submission.guide, "mask": submission.mask}
